@@ -1,0 +1,54 @@
+# Every target loops over the Go modules of the workspace.
+MODULES := sidecar doveauth milter integration
+DAEMON_MODULES := sidecar doveauth milter
+GO ?= go
+FUZZTIME ?= 10s
+STACK_DIR ?= $(CURDIR)/.stack
+
+.PHONY: all build test unit integration fuzz lint bench up down deps
+
+all: build
+
+build:
+	@for m in $(MODULES); do (cd $$m && $(GO) build ./...) || exit 1; done
+	$(GO) build -o bin/ chatmail.dev/doveauth/cmd/... chatmail.dev/milter/cmd/...
+
+deps:
+	scripts/install-deps
+
+# The whole suite, as CI runs it: unit tests, short fuzz runs, and the
+# integration tests against real Postfix, Dovecot, PostgreSQL and Delta Chat.
+test: deps unit fuzz integration
+
+unit:
+	@for m in $(DAEMON_MODULES); do (cd $$m && $(GO) test -race -count=1 ./...) || exit 1; done
+
+integration:
+	cd integration && $(GO) test -count=1 -timeout 20m ./...
+
+fuzz:
+	@for m in $(DAEMON_MODULES); do \
+		(cd $$m && for pkg in $$($(GO) list ./...); do \
+			for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+				echo "fuzz $$pkg $$f"; \
+				$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+			done; done) || exit 1; \
+	done
+
+lint:
+	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	@for m in $(MODULES); do \
+		(cd $$m && $(GO) vet ./... && GOWORK=off $(GO) build ./... && GOWORK=off $(GO) vet ./... && $(GO) mod tidy -diff) || exit 1; \
+	done
+	@bash -n scripts/stack scripts/install-deps
+
+bench:
+	scripts/bench
+
+# A private server in ./.stack, for trying things out (see README).
+up: deps
+	scripts/stack up $(STACK_DIR)
+	@cat $(STACK_DIR)/stack.env
+
+down:
+	scripts/stack down $(STACK_DIR)

@@ -1,0 +1,341 @@
+// Package accountdict answers Dovecot's dict lookups about accounts: passdb
+// and userdb (with just-in-time account creation), the quota dict and the
+// last-login dict, all from the PostgreSQL account store.
+//
+// Dovecot's dict passdb is configured with password_key = passdb/%Ew"%Eu, so
+// the key carries the cleartext password of the login attempt. It is used
+// only to create an account at its first login; for an existing account the
+// stored hash is returned and Dovecot checks the password itself.
+package accountdict
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"chatmail.dev/doveauth/passhash"
+	"chatmail.dev/sidecar/accounts"
+	"chatmail.dev/sidecar/config"
+	"chatmail.dev/sidecar/dict"
+	"chatmail.dev/sidecar/logging"
+)
+
+// Store is what the service needs of the account store.
+type Store interface {
+	Get(ctx context.Context, address string) (*accounts.Account, error)
+	Create(ctx context.Context, n accounts.New) (*accounts.Account, bool, error)
+	TouchLogin(ctx context.Context, address string, at time.Time) error
+	UpdateQuota(ctx context.Context, address string, q accounts.Quota) error
+	Each(ctx context.Context, fn func(*accounts.Account) error) error
+}
+
+// Service implements dict.Handler.
+type Service struct {
+	Store    Store
+	Mail     config.Mail
+	Accounts config.Accounts
+	Log      *slog.Logger
+	Metrics  *Metrics
+}
+
+var localpartChars = regexp.MustCompile(`^[a-z0-9._-]+$`)
+
+// Key prefixes, as Dovecot sends them (it adds "shared/" or "priv/").
+const (
+	passdbPrefix    = "shared/passdb/"
+	userdbPrefix    = "shared/userdb/"
+	lastLoginPrefix = "shared/last-login/"
+	quotaStorage    = "priv/quota/storage"
+	quotaMessages   = "priv/quota/messages"
+)
+
+// errUnavailable is what Dovecot sees when the store cannot answer: a
+// temporary failure, never a wrong answer.
+var errUnavailable = errors.New("account store unavailable, try again later")
+
+// Lookup implements dict.Handler.
+func (s *Service) Lookup(ctx context.Context, req dict.Lookup) (string, bool, error) {
+	start := time.Now()
+	var (
+		kind, result string
+		value        string
+		found        bool
+		err          error
+	)
+	switch key := req.Key; {
+	case strings.HasPrefix(key, passdbPrefix):
+		kind = "passdb"
+		value, result, err = s.passdb(ctx, key[len(passdbPrefix):])
+	case strings.HasPrefix(key, userdbPrefix):
+		kind = "userdb"
+		value, result, err = s.userdb(ctx, key[len(userdbPrefix):])
+	case key == quotaStorage || key == quotaMessages:
+		kind = "quota"
+		value, result, err = s.quota(ctx, req.User, key == quotaStorage)
+	default:
+		kind, result = "other", "error"
+		err = fmt.Errorf("doveauth does not serve key %q", key)
+	}
+	if err != nil && result == "" {
+		result = "tempfail"
+		s.Log.Warn("lookup failed", "kind", kind, "err", err)
+		err = errUnavailable
+	}
+	found = err == nil && result != "notfound"
+	s.Metrics.observe(kind, result, time.Since(start))
+	return value, found, err
+}
+
+// passdb answers a login attempt; rest is <password>"<user>, both escaped
+// with backslashes by Dovecot's %E.
+func (s *Service) passdb(ctx context.Context, rest string) (string, string, error) {
+	password, user, ok := splitPassdbKey(rest)
+	if !ok {
+		return "", "error", fmt.Errorf("malformed passdb key")
+	}
+	addr, local, domain, err := accounts.Normalize(user)
+	if err != nil {
+		s.Metrics.reject("malformed")
+		return "", "notfound", nil
+	}
+	if !s.Mail.Serves(domain) {
+		// Not ours: "not found" lets another passdb answer on a mixed server.
+		return "", "notfound", nil
+	}
+	acc, err := s.Store.Get(ctx, addr)
+	switch {
+	case err == nil:
+		if acc.Blocked {
+			return passdbReply(acc, true), "blocked", nil
+		}
+		return passdbReply(acc, false), "found", nil
+	case !errors.Is(err, accounts.ErrNotFound):
+		return "", "", err
+	}
+	if reason := s.refuseCreation(local, password); reason != "" {
+		s.Metrics.reject(reason)
+		s.Log.Info("account creation refused", "reason", reason, logging.User(addr))
+		return "", "notfound", nil
+	}
+	hash, err := passhash.Hash(s.Accounts.PasswordScheme, password)
+	if err != nil {
+		return "", "", err
+	}
+	acc, created, err := s.Store.Create(ctx, accounts.New{Address: addr, PasswordHash: hash, CountMessages: s.Accounts.CountMessages})
+	if err != nil {
+		return "", "", err
+	}
+	if !created {
+		// A concurrent first login won; Dovecot checks this password
+		// against the hash that login stored.
+		return passdbReply(acc, acc.Blocked), "found", nil
+	}
+	s.Metrics.created.Inc()
+	s.Log.Info("account created", logging.User(addr))
+	return passdbReply(acc, false), "created", nil
+}
+
+// refuseCreation returns why an account may not be created, or "".
+func (s *Service) refuseCreation(local, password string) string {
+	a := &s.Accounts
+	switch {
+	case a.Registration != "open":
+		return "registration_closed"
+	case len(local) < a.LocalpartMinLength || len(local) > a.LocalpartMaxLength || !localpartChars.MatchString(local):
+		return "bad_localpart"
+	case len(password) < a.PasswordMinLength:
+		return "short_password"
+	}
+	return ""
+}
+
+func passdbReply(acc *accounts.Account, blocked bool) string {
+	r := map[string]string{"password": acc.PasswordHash}
+	if blocked {
+		// "fail" rather than "nologin": Postfix's SASL client ignores
+		// nologin, fail refuses every kind of login.
+		r["fail"] = "y"
+		r["reason"] = "This account is blocked."
+	}
+	return mustJSON(r)
+}
+
+func (s *Service) userdb(ctx context.Context, user string) (string, string, error) {
+	user, err := unescapePercentE(user)
+	if err != nil {
+		return "", "error", err
+	}
+	addr, _, domain, err := accounts.Normalize(user)
+	if err != nil || !s.Mail.Serves(domain) {
+		return "", "notfound", nil
+	}
+	if _, err := s.Store.Get(ctx, addr); err != nil {
+		if errors.Is(err, accounts.ErrNotFound) {
+			return "", "notfound", nil
+		}
+		return "", "", err
+	}
+	return mustJSON(map[string]string{
+		"home": filepath.Join(s.Accounts.MailboxesDir, addr),
+		"uid":  s.Accounts.MailUser,
+		"gid":  s.Accounts.MailGroup,
+	}), "found", nil
+}
+
+func (s *Service) quota(ctx context.Context, user string, storage bool) (string, string, error) {
+	addr, _, _, err := accounts.Normalize(user)
+	if err != nil {
+		return "", "notfound", nil
+	}
+	acc, err := s.Store.Get(ctx, addr)
+	if errors.Is(err, accounts.ErrNotFound) {
+		return "", "notfound", nil
+	}
+	if err != nil {
+		return "", "", err
+	}
+	v := acc.MessageCount
+	if storage {
+		v = acc.StorageBytes
+	}
+	if v == nil {
+		// Never counted: "not found" makes Dovecot count and set it.
+		return "", "notfound", nil
+	}
+	return strconv.FormatInt(*v, 10), "found", nil
+}
+
+// Iterate implements dict.Handler; it lists accounts for doveadm -A.
+func (s *Service) Iterate(ctx context.Context, req dict.Iterate, emit func(key, value string) error) error {
+	if req.Path != userdbPrefix {
+		return fmt.Errorf("doveauth cannot iterate %q", req.Path)
+	}
+	err := s.Store.Each(ctx, func(a *accounts.Account) error {
+		return emit(userdbPrefix+a.Address, "")
+	})
+	s.Metrics.observe("iterate", resultOf(err), 0)
+	return err
+}
+
+// Commit implements dict.Handler for the quota and last-login dicts.
+func (s *Service) Commit(ctx context.Context, tx *dict.Tx) error {
+	var (
+		q        accounts.Quota
+		hasQuota bool
+		login    time.Time
+		loginFor string
+	)
+	for _, op := range tx.Ops {
+		c, err := counterOf(op)
+		switch {
+		case op.Key == quotaStorage && err == nil:
+			q.Storage.Apply(c)
+			hasQuota = true
+		case op.Key == quotaMessages && err == nil:
+			q.Messages.Apply(c)
+			hasQuota = true
+		case strings.HasPrefix(op.Key, lastLoginPrefix) && op.Kind == dict.OpSet:
+			secs, err := strconv.ParseInt(op.Value, 10, 64)
+			if err != nil {
+				return fmt.Errorf("last-login value %q is not a Unix time", op.Value)
+			}
+			loginFor, login = op.Key[len(lastLoginPrefix):], time.Unix(secs, 0)
+		default:
+			return fmt.Errorf("doveauth cannot change %q", op.Key)
+		}
+	}
+	var err error
+	if hasQuota {
+		if addr, _, _, nerr := accounts.Normalize(tx.User); nerr == nil {
+			err = s.Store.UpdateQuota(ctx, addr, q)
+		}
+	}
+	if err == nil && loginFor != "" {
+		if addr, _, _, nerr := accounts.Normalize(loginFor); nerr == nil {
+			err = s.Store.TouchLogin(ctx, addr, login)
+		}
+	}
+	if err != nil {
+		s.Log.Warn("commit failed", "err", err)
+		err = errUnavailable
+	}
+	s.Metrics.commits.WithLabelValues(resultOf(err)).Inc()
+	return err
+}
+
+func counterOf(op dict.Op) (accounts.Counter, error) {
+	switch op.Kind {
+	case dict.OpUnset:
+		return accounts.Counter{Unset: true}, nil
+	case dict.OpAtomicInc:
+		return accounts.Counter{Add: op.Diff}, nil
+	case dict.OpSet:
+		v, err := strconv.ParseInt(op.Value, 10, 64)
+		if err != nil {
+			return accounts.Counter{}, err
+		}
+		return accounts.Counter{Set: &v}, nil
+	}
+	return accounts.Counter{}, fmt.Errorf("unknown op %c", op.Kind)
+}
+
+func resultOf(err error) string {
+	if err != nil {
+		return "tempfail"
+	}
+	return "ok"
+}
+
+func mustJSON(v map[string]string) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // a map of strings always marshals
+	}
+	return string(b)
+}
+
+// splitPassdbKey splits <password>"<user> at the first unescaped quote and
+// removes %E's backslash escapes from both parts.
+func splitPassdbKey(rest string) (password, user string, ok bool) {
+	var b strings.Builder
+	for i := 0; i < len(rest); i++ {
+		switch c := rest[i]; c {
+		case '\\':
+			i++
+			if i == len(rest) {
+				return "", "", false
+			}
+			b.WriteByte(rest[i])
+		case '"':
+			u, err := unescapePercentE(rest[i+1:])
+			return b.String(), u, err == nil
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return "", "", false
+}
+
+func unescapePercentE(s string) (string, error) {
+	if !strings.ContainsRune(s, '\\') {
+		return s, nil
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' {
+			i++
+			if i == len(s) {
+				return "", errors.New("trailing backslash")
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String(), nil
+}

@@ -1,0 +1,173 @@
+// Command chatmail-admin manages accounts and the No-Log switch. It shows
+// usage statistics and account metadata, never message content.
+//
+//	chatmail-admin [-config PATH] list
+//	chatmail-admin [-config PATH] stats
+//	chatmail-admin [-config PATH] block|unblock|delete ADDRESS
+//	chatmail-admin [-config PATH] nolog on|off|status
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"chatmail.dev/sidecar/accounts"
+	"chatmail.dev/sidecar/config"
+	"chatmail.dev/sidecar/daemon"
+)
+
+const usage = `usage: chatmail-admin [-config PATH] COMMAND
+commands:
+  list                 accounts with storage, creation and last-login day
+  stats                totals: accounts, blocked, active, storage
+  block ADDRESS        refuse the account's logins (mail is kept)
+  unblock ADDRESS      allow them again
+  delete ADDRESS       remove the account and all its mail
+  nolog on|off|status  switch No-Log for every daemon, at once
+`
+
+func main() {
+	fs := flag.NewFlagSet("chatmail-admin", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(os.Stderr, usage) }
+	path := fs.String("config", daemon.DefaultConfigPath, "path of the chatmail config file")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		os.Exit(daemon.ExitConfig)
+	}
+	cfg, err := config.Load(*path, "admin", nil)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "chatmail-admin:", err)
+		os.Exit(daemon.ExitConfig)
+	}
+	if err := run(cfg, fs.Args(), os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "chatmail-admin:", err)
+		if errors.Is(err, errUsage) {
+			fmt.Fprint(os.Stderr, usage)
+			os.Exit(daemon.ExitConfig)
+		}
+		os.Exit(daemon.ExitFailure)
+	}
+}
+
+var errUsage = errors.New("bad usage")
+
+func run(cfg *config.Common, args []string, out io.Writer) error {
+	if len(args) == 0 {
+		return errUsage
+	}
+	cmd, args := args[0], args[1:]
+	if cmd == "nolog" {
+		return nolog(cfg, args, out)
+	}
+	want := map[string]int{"list": 0, "stats": 0, "block": 1, "unblock": 1, "delete": 1}
+	n, ok := want[cmd]
+	if !ok || len(args) != n {
+		return errUsage
+	}
+	if err := cfg.RequirePostgres(); err != nil {
+		return err
+	}
+	dsn, err := cfg.PostgresDSN()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	store, err := accounts.Open(ctx, dsn, 2)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	if err := store.Migrate(ctx); err != nil {
+		return err
+	}
+	var addr string
+	if n == 1 {
+		if addr, _, _, err = accounts.Normalize(args[0]); err != nil {
+			return err
+		}
+	}
+	switch cmd {
+	case "list":
+		return list(ctx, store, out)
+	case "stats":
+		st, err := store.Stats(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "accounts\t%d\nblocked\t%d\nactive_today\t%d\nactive_30_days\t%d\nstorage_bytes\t%d\nmessages\t%d\n",
+			st.Accounts, st.Blocked, st.ActiveToday, st.Active30Days, st.StorageBytes, st.Messages)
+		return nil
+	case "block", "unblock":
+		if err := store.SetBlocked(ctx, addr, cmd == "block"); err != nil {
+			return fmt.Errorf("%s: %w", addr, err)
+		}
+	case "delete":
+		if err := store.Delete(ctx, addr); err != nil {
+			return fmt.Errorf("%s: %w", addr, err)
+		}
+		// The row goes first: from then on no login can recreate mail under
+		// the old password, and the directory can go.
+		if err := os.RemoveAll(filepath.Join(cfg.Accounts.MailboxesDir, addr)); err != nil {
+			return fmt.Errorf("%s: account deleted, but its mail was not: %w", addr, err)
+		}
+	}
+	fmt.Fprintf(out, "%s: %sed\n", addr, map[string]string{"block": "block", "unblock": "unblock", "delete": "delet"}[cmd])
+	return nil
+}
+
+func list(ctx context.Context, store *accounts.Store, out io.Writer) error {
+	tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "ADDRESS\tSTORAGE\tCREATED\tLAST LOGIN\tBLOCKED")
+	err := store.Each(ctx, func(a *accounts.Account) error {
+		storage, last := "-", "-"
+		if a.StorageBytes != nil {
+			storage = fmt.Sprint(*a.StorageBytes)
+		}
+		if a.LastLogin != nil {
+			last = a.LastLogin.Format(time.DateOnly)
+		}
+		_, err := fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", a.Address, storage, a.CreatedAt.UTC().Format(time.DateOnly), last, a.Blocked)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return tw.Flush()
+}
+
+func nolog(cfg *config.Common, args []string, out io.Writer) error {
+	if len(args) != 1 {
+		return errUsage
+	}
+	f := cfg.Log.NoLogFile
+	switch args[0] {
+	case "on":
+		if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(f, nil, 0o644); err != nil {
+			return err
+		}
+	case "off":
+		if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	case "status":
+	default:
+		return errUsage
+	}
+	_, err := os.Stat(f)
+	state := "off"
+	if err == nil {
+		state = "on"
+	}
+	fmt.Fprintf(out, "nolog %s\n", state)
+	return nil
+}

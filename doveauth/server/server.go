@@ -1,0 +1,144 @@
+// Package server runs doveauth: the dict socket, the account store and the
+// background work around them.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"chatmail.dev/doveauth/accountdict"
+	"chatmail.dev/sidecar/accounts"
+	"chatmail.dev/sidecar/config"
+	"chatmail.dev/sidecar/daemon"
+	"chatmail.dev/sidecar/dict"
+	"chatmail.dev/sidecar/unixsock"
+)
+
+// Config is the [doveauth] section.
+type Config struct {
+	// Socket is the unix socket Dovecot's dict client connects to.
+	Socket     string          `toml:"socket"`
+	SocketMode config.FileMode `toml:"socket_mode"`
+	// SocketGroup, if set, owns the socket, for Dovecot processes in that group.
+	SocketGroup string `toml:"socket_group"`
+	Metrics     string `toml:"metrics"`
+}
+
+// DefaultConfig returns the defaults of the [doveauth] section.
+func DefaultConfig() Config {
+	return Config{Socket: "/run/doveauth/doveauth.socket", SocketMode: 0o660, Metrics: "127.0.0.1:9721"}
+}
+
+// Validate implements config.Validator.
+func (c *Config) Validate() error {
+	if c.Socket == "" {
+		return &config.Error{Key: "socket", Msg: "must be set"}
+	}
+	return config.CheckLoopback("metrics", c.Metrics)
+}
+
+// Server is a configured doveauth.
+type Server struct{ cfg *Config }
+
+// New returns a doveauth that reads cfg when it runs.
+func New(cfg *Config) *Server { return &Server{cfg: cfg} }
+
+// Run serves until ctx ends, then drains.
+func (s *Server) Run(ctx context.Context, env *daemon.Env) error {
+	if err := env.Config.RequirePostgres(); err != nil {
+		return err
+	}
+	dsn, err := env.Config.PostgresDSN()
+	if err != nil {
+		return err
+	}
+	store, err := accounts.Open(ctx, dsn, env.Config.Postgres.MaxConns)
+	if err != nil {
+		return &config.Error{Key: "postgres.dsn", Msg: err.Error()}
+	}
+	defer store.Close()
+
+	svc := &accountdict.Service{
+		Store:    store,
+		Mail:     env.Config.Mail,
+		Accounts: env.Config.Accounts,
+		Log:      env.Log,
+		Metrics:  accountdict.NewMetrics(env.Registry),
+	}
+	gate := &migrationGate{next: svc}
+	go gate.migrate(ctx, store, env.Log)
+
+	ln, err := unixsock.Listen(s.cfg.Socket, uint32(s.cfg.SocketMode), s.cfg.SocketGroup)
+	if err != nil {
+		return err
+	}
+	srv := &dict.Server{Handler: gate, Log: env.Log, IdleTimeout: time.Minute, RequestTimeout: env.Config.Postgres.QueryTimeout.D()}
+	env.Log.Info("serving", "socket", s.cfg.Socket)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("drain: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, dict.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// migrationGate answers "try again later" until the schema is in place, so
+// doveauth can start while PostgreSQL is still down.
+type migrationGate struct {
+	next  dict.Handler
+	ready atomic.Bool
+}
+
+var errNotReady = errors.New("account store not ready, try again later")
+
+func (g *migrationGate) migrate(ctx context.Context, store *accounts.Store, log *slog.Logger) {
+	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
+		err := store.Migrate(ctx)
+		if err == nil {
+			g.ready.Store(true)
+			log.Info("account store ready")
+			return
+		}
+		log.Warn("account store not ready, retrying", "err", err, "delay", delay)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+	}
+}
+
+func (g *migrationGate) Lookup(ctx context.Context, req dict.Lookup) (string, bool, error) {
+	if !g.ready.Load() {
+		return "", false, errNotReady
+	}
+	return g.next.Lookup(ctx, req)
+}
+
+func (g *migrationGate) Iterate(ctx context.Context, req dict.Iterate, emit func(k, v string) error) error {
+	if !g.ready.Load() {
+		return errNotReady
+	}
+	return g.next.Iterate(ctx, req, emit)
+}
+
+func (g *migrationGate) Commit(ctx context.Context, tx *dict.Tx) error {
+	if !g.ready.Load() {
+		return errNotReady
+	}
+	return g.next.Commit(ctx, tx)
+}

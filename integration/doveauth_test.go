@@ -1,0 +1,324 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/emersion/go-smtp"
+
+	"chatmail.dev/integration/stack"
+)
+
+func TestIMAPLoginCreatesAccount(t *testing.T) {
+	s := shared
+	addr := newAddr(s)
+	if n := countAccounts(t, s, addr); n != 0 {
+		t.Fatalf("account exists before its first login")
+	}
+	wantLogin(t, s, addr, goodPassword, "")
+	wantLogin(t, s, addr, goodPassword, "")
+	wantLogin(t, s, addr, "another-password", imap.ResponseCodeAuthenticationFailed)
+
+	var hash string
+	var lastLogin *time.Time
+	err := db(t, s).QueryRow(context.Background(), `SELECT password_hash, last_login FROM accounts WHERE address = $1`, addr).Scan(&hash, &lastLogin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(hash, "{SHA512-CRYPT}$6$") || strings.Contains(hash, goodPassword) {
+		t.Errorf("stored hash %q: want a {SHA512-CRYPT} hash without the password", hash)
+	}
+	// Dovecot's last_login plugin writes through the dict after login.
+	eventually(t, 5*time.Second, func() error {
+		err := db(t, s).QueryRow(context.Background(), `SELECT last_login FROM accounts WHERE address = $1`, addr).Scan(&lastLogin)
+		if err == nil && (lastLogin == nil || lastLogin.Format(time.DateOnly) != time.Now().UTC().Format(time.DateOnly)) {
+			err = fmt.Errorf("last_login = %v, want today", lastLogin)
+		}
+		return err
+	})
+}
+
+func TestSMTPAuthFirstThenIMAP(t *testing.T) {
+	s := shared
+	addr := newAddr(s)
+	if err := smtpAuth(s, addr, goodPassword); err != nil {
+		t.Fatalf("first SMTP AUTH: %v", err)
+	}
+	if countAccounts(t, s, addr) != 1 {
+		t.Fatal("SMTP AUTH did not create the account")
+	}
+	wantLogin(t, s, addr, goodPassword, "")
+	wantLogin(t, s, addr, "another-password", imap.ResponseCodeAuthenticationFailed)
+	var se *smtp.SMTPError
+	if err := smtpAuth(s, addr, "another-password"); !errors.As(err, &se) || se.Code != 535 {
+		t.Errorf("SMTP AUTH with a wrong password: %v, want 535", err)
+	}
+}
+
+func TestConcurrentFirstLogins(t *testing.T) {
+	s := shared
+	addr := newAddr(s)
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i%2 == 0 {
+				errs <- imapLogin(s, addr, goodPassword)
+			} else {
+				errs <- smtpAuth(s, addr, goodPassword)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("concurrent first login: %v", err)
+		}
+	}
+	if n := countAccounts(t, s, addr); n != 1 {
+		t.Errorf("%d accounts, want 1", n)
+	}
+}
+
+func TestCreationRules(t *testing.T) {
+	s := shared
+	for _, c := range []struct {
+		name, user, pass string
+	}{
+		{"foreign domain", newLocalpart() + "@elsewhere.test", goodPassword},
+		{"too short", "abcdefgh@" + s.Domain, goodPassword},
+		{"too long", "abcdefghij@" + s.Domain, goodPassword},
+		{"plus sign", "abcd+efgh@" + s.Domain, goodPassword},
+		{"exclamation", "abcd!efgh@" + s.Domain, goodPassword},
+		{"short password", newAddr(s), "12345678"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			wantLogin(t, s, c.user, c.pass, imap.ResponseCodeAuthenticationFailed)
+			if n := countAccounts(t, s, strings.ToLower(c.user)); n != 0 {
+				t.Errorf("account %s was created", c.user)
+			}
+		})
+	}
+	// Dovecot lower-cases user names (auth_username_format = %Lu), so an
+	// upper-case login reaches the same, normalized account.
+	addr := newAddr(s)
+	wantLogin(t, s, strings.ToUpper(addr[:9])+addr[9:], goodPassword, "")
+	wantLogin(t, s, addr, goodPassword, "")
+	if countAccounts(t, s, addr) != 1 {
+		t.Error("upper-case login did not create the normalized account")
+	}
+}
+
+func TestBlockedAccount(t *testing.T) {
+	s := shared
+	addr := newAddr(s)
+	wantLogin(t, s, addr, goodPassword, "")
+	if out := s.Admin(t, "block", addr); !contains(out, "blocked") {
+		t.Errorf("admin block said %q", out)
+	}
+	if err := imapLogin(s, addr, goodPassword); err == nil {
+		t.Error("blocked account logged in over IMAP")
+	}
+	if err := smtpAuth(s, addr, goodPassword); err == nil {
+		t.Error("blocked account authenticated over SMTP")
+	}
+	s.Admin(t, "unblock", addr)
+	wantLogin(t, s, addr, goodPassword, "")
+
+	s.Admin(t, "delete", addr)
+	if countAccounts(t, s, addr) != 0 {
+		t.Error("deleted account still has a row")
+	}
+}
+
+func TestClosedRegistration(t *testing.T) {
+	// A second stack beside the shared one, as an admin would run two.
+	closed := stack.Start(t, stack.Registration("closed"), stack.Domain("closed.test"))
+	addr := newAddr(closed)
+	wantLogin(t, closed, addr, goodPassword, imap.ResponseCodeAuthenticationFailed)
+	if countAccounts(t, closed, addr) != 0 {
+		t.Error("closed registration created an account")
+	}
+	// The shared stack is unaffected.
+	wantLogin(t, shared, newAddr(shared), goodPassword, "")
+}
+
+func TestPostgresDown(t *testing.T) {
+	s := shared
+	existing := newAddr(s)
+	wantLogin(t, s, existing, goodPassword, "")
+
+	s.Run(t, "stop-postgres")
+	restarted := false
+	defer func() {
+		if !restarted {
+			s.Run(t, "start-postgres")
+		}
+	}()
+	fresh := newAddr(s)
+	for _, user := range []string{existing, fresh, existing} {
+		err := imapLogin(s, user, goodPassword)
+		if code := imapCode(t, err); code != imap.ResponseCodeUnavailable {
+			t.Errorf("login of %s with PostgreSQL down: %v, want a temporary failure (UNAVAILABLE)", user, err)
+		}
+	}
+	// Postfix's Dovecot SASL client turns every FAIL into 535, temporary or
+	// not (Postfix 3.7 xsasl_dovecot); the login must fail all the same.
+	if err := smtpAuth(s, fresh, goodPassword); err == nil {
+		t.Error("SMTP AUTH succeeded with PostgreSQL down")
+	}
+
+	s.Run(t, "start-postgres")
+	restarted = true
+	eventually(t, 15*time.Second, func() error { return imapLogin(s, existing, goodPassword) })
+	wantLogin(t, s, fresh, goodPassword, "")
+	wantLogin(t, s, existing, "another-password", imap.ResponseCodeAuthenticationFailed)
+	if countAccounts(t, s, fresh) != 1 {
+		t.Error("account not created after PostgreSQL came back")
+	}
+}
+
+func TestLMTPDeliveryAndQuota(t *testing.T) {
+	s := shared
+	addr := newAddr(s)
+	wantLogin(t, s, addr, goodPassword, "")
+
+	conn, err := net.Dial("unix", s.Env["LMTP_SOCKET"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := smtp.NewClientLMTP(conn)
+	defer c.Close()
+	if err := c.Hello("localhost"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail("someone@elsewhere.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt(addr, nil); err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := strings.Repeat("x", 5000)
+	fmt.Fprintf(w, "From: someone@elsewhere.test\r\nTo: %s\r\nSubject: [...]\r\n\r\n%s\r\n", addr, body)
+	if _, err := w.CloseWithLMTPResponse(); err != nil {
+		t.Fatalf("LMTP delivery: %v", err)
+	}
+	c.Quit()
+
+	files, err := filepath.Glob(filepath.Join(s.Env["MAILBOXES_DIR"], addr, "new", "*"))
+	if err != nil || len(files) != 1 {
+		t.Fatalf("Maildir new/ holds %v (%v), want one message", files, err)
+	}
+	fi, err := os.Stat(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var storage, messages *int64
+	eventually(t, 5*time.Second, func() error {
+		err := db(t, s).QueryRow(context.Background(), `SELECT storage_bytes, message_count FROM accounts WHERE address = $1`, addr).Scan(&storage, &messages)
+		if err == nil && (storage == nil || *storage != fi.Size()) {
+			err = fmt.Errorf("storage_bytes = %v, want %d", storage, fi.Size())
+		}
+		return err
+	})
+	if messages == nil || *messages != 1 {
+		t.Errorf("message_count = %v, want 1", messages)
+	}
+
+	// IMAP's GETQUOTAROOT is answered from the same dict.
+	ic, err := imapLoginClient(s, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ic.Close()
+	data, err := ic.GetQuotaRoot("INBOX").Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var used int64 = -1
+	for _, q := range data {
+		if r, ok := q.Resources[imap.QuotaResourceStorage]; ok {
+			used = r.Usage
+		}
+	}
+	if want := (fi.Size() + 1023) / 1024; used != want && used != fi.Size()/1024 {
+		t.Errorf("GETQUOTAROOT storage usage %d KiB, want about %d", used, want)
+	}
+}
+
+func TestMetricsAndNoLog(t *testing.T) {
+	s := shared
+	addr := newAddr(s)
+	wantLogin(t, s, addr, goodPassword, "")
+	if !contains(s.Log(t, "doveauth.log"), addr) {
+		t.Error("with No-Log off, account creation is not logged")
+	}
+
+	if out := s.Admin(t, "nolog", "on"); !contains(out, "nolog on") {
+		t.Fatalf("nolog on said %q", out)
+	}
+	defer s.Admin(t, "nolog", "off")
+	time.Sleep(1500 * time.Millisecond) // daemons check the switch every second
+	secret := newAddr(s)
+	wantLogin(t, s, secret, goodPassword, "")
+	wantLogin(t, s, "abc@"+s.Domain, goodPassword, imap.ResponseCodeAuthenticationFailed)
+	if log := s.Log(t, "doveauth.log"); contains(log, secret) || contains(log, "abc@") {
+		t.Error("under No-Log, doveauth's log names a user")
+	}
+
+	resp, err := http.Get("http://" + s.Env["DOVEAUTH_METRICS"] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := string(b)
+	for _, want := range []string{
+		"chatmail_doveauth_accounts_created_total ",
+		`chatmail_doveauth_lookups_total{kind="passdb",result="created"}`,
+		`chatmail_doveauth_creation_rejections_total{reason="bad_localpart"}`,
+		"chatmail_doveauth_lookup_duration_seconds_bucket",
+	} {
+		if !contains(m, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if contains(m, s.Domain) {
+		t.Error("metrics name a user or domain")
+	}
+}
+
+// imapLoginClient returns a logged-in IMAP client.
+func imapLoginClient(s *stack.Stack, addr string) (*imapclient.Client, error) {
+	c, err := imapclient.DialInsecure(s.Addr("IMAP_PORT"), nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Login(addr, goodPassword).Wait(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}

@@ -1,0 +1,242 @@
+// Package accounts is the PostgreSQL store of chatmail accounts: the one place
+// where what the server knows about a user lives.
+package accounts
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// ErrNotFound says there is no such account.
+var ErrNotFound = errors.New("no such account")
+
+// Account is one row of the store.
+type Account struct {
+	Address      string
+	PasswordHash string
+	// StorageBytes and MessageCount are nil until Dovecot first counts.
+	StorageBytes      *int64
+	MessageCount      *int64
+	CreatedAt         time.Time
+	LastLogin         *time.Time // a day, in UTC
+	RegistrationToken string
+	SentMessages      *int64 // nil when counting is off
+	ReceivedMessages  *int64
+	Blocked           bool
+}
+
+// Store is the account store. It is safe for concurrent use.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// Open connects to PostgreSQL. It does not wait for the server to answer:
+// a daemon must start, and answer "try again later", while the database is
+// down.
+func Open(ctx context.Context, dsn string, maxConns int) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("postgres dsn: %w", err)
+	}
+	cfg.MaxConns = int32(maxConns)
+	// Fail fast while PostgreSQL is down; Dovecot retries, and a lookup must
+	// answer within its own timeout rather than queue behind a dead dial.
+	cfg.ConnConfig.ConnectTimeout = 2 * time.Second
+	cfg.HealthCheckPeriod = 5 * time.Second
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	return &Store{pool: pool}, nil
+}
+
+// Close closes every connection.
+func (s *Store) Close() { s.pool.Close() }
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
+
+// Normalize returns the canonical form of an address and its parts. It
+// rejects what cannot be an address at all; what may be created is decided
+// by the caller's rules.
+func Normalize(addr string) (norm, local, domain string, err error) {
+	norm = strings.ToLower(strings.TrimSpace(addr))
+	at := strings.LastIndexByte(norm, '@')
+	if at <= 0 || at == len(norm)-1 || strings.ContainsAny(norm, "/\\\x00\t\r\n \"") {
+		return "", "", "", fmt.Errorf("malformed address %q", addr)
+	}
+	return norm, norm[:at], norm[at+1:], nil
+}
+
+const columns = `address, password_hash, storage_bytes, message_count, created_at, last_login, COALESCE(registration_token, ''), sent_messages, received_messages, blocked`
+
+func scan(row pgx.Row) (*Account, error) {
+	var a Account
+	err := row.Scan(&a.Address, &a.PasswordHash, &a.StorageBytes, &a.MessageCount, &a.CreatedAt, &a.LastLogin, &a.RegistrationToken, &a.SentMessages, &a.ReceivedMessages, &a.Blocked)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &a, nil
+}
+
+// Get returns the account of a normalized address.
+func (s *Store) Get(ctx context.Context, address string) (*Account, error) {
+	return scan(s.pool.QueryRow(ctx, `SELECT `+columns+` FROM accounts WHERE address = $1`, address))
+}
+
+// New is what creating an account needs.
+type New struct {
+	Address           string
+	PasswordHash      string
+	RegistrationToken string
+	CountMessages     bool
+}
+
+// Create creates the account unless it exists. Either way it returns the
+// stored account, and whether this call created it. Concurrent calls for one
+// address create exactly one account; the others get that one.
+func (s *Store) Create(ctx context.Context, n New) (*Account, bool, error) {
+	var token *string
+	if n.RegistrationToken != "" {
+		token = &n.RegistrationToken
+	}
+	var zero *int64
+	if n.CountMessages {
+		z := int64(0)
+		zero = &z
+	}
+	a, err := scan(s.pool.QueryRow(ctx, `INSERT INTO accounts (address, password_hash, registration_token, sent_messages, received_messages)
+		VALUES ($1, $2, $3, $4, $4) ON CONFLICT (address) DO NOTHING RETURNING `+columns,
+		n.Address, n.PasswordHash, token, zero))
+	if err == nil {
+		return a, true, nil
+	}
+	if !errors.Is(err, ErrNotFound) {
+		return nil, false, err
+	}
+	// Lost the race to a concurrent creation (or the account existed).
+	a, err = s.Get(ctx, n.Address)
+	return a, false, err
+}
+
+// TouchLogin records a login on day (truncated to UTC days). It writes only
+// when the day changes, so frequent logins cost a read.
+func (s *Store) TouchLogin(ctx context.Context, address string, at time.Time) error {
+	day := at.UTC().Truncate(24 * time.Hour)
+	_, err := s.pool.Exec(ctx, `UPDATE accounts SET last_login = $2 WHERE address = $1 AND last_login IS DISTINCT FROM $2`, address, day)
+	return err
+}
+
+// Counter is a change to one quota counter: unset it, set it, or add to it.
+type Counter struct {
+	Unset bool
+	Set   *int64
+	Add   int64
+}
+
+// Apply folds a later change into c, in the order Dovecot sent them.
+func (c *Counter) Apply(o Counter) {
+	switch {
+	case o.Unset:
+		*c = Counter{Unset: true}
+	case o.Set != nil:
+		v := *o.Set
+		*c = Counter{Set: &v}
+	default:
+		c.Add += o.Add
+	}
+}
+
+// Quota is a change to an account's quota counters.
+type Quota struct{ Storage, Messages Counter }
+
+// UpdateQuota applies q atomically. Adding to a counter that was never set
+// leaves it unset, so Dovecot recounts.
+func (s *Store) UpdateQuota(ctx context.Context, address string, q Quota) error {
+	mode := func(c Counter) (int, *int64, int64) {
+		switch {
+		case c.Unset:
+			return 2, nil, 0
+		case c.Set != nil:
+			return 1, c.Set, c.Add
+		}
+		return 0, nil, c.Add
+	}
+	sm, sv, sa := mode(q.Storage)
+	mm, mv, ma := mode(q.Messages)
+	_, err := s.pool.Exec(ctx, `UPDATE accounts SET
+		storage_bytes = CASE $2::int WHEN 1 THEN $3::bigint WHEN 2 THEN NULL ELSE storage_bytes END + $4::bigint,
+		message_count = CASE $5::int WHEN 1 THEN $6::bigint WHEN 2 THEN NULL ELSE message_count END + $7::bigint
+		WHERE address = $1`, address, sm, sv, sa, mm, mv, ma)
+	return err
+}
+
+// SetBlocked blocks or unblocks an account.
+func (s *Store) SetBlocked(ctx context.Context, address string, blocked bool) error {
+	tag, err := s.pool.Exec(ctx, `UPDATE accounts SET blocked = $2 WHERE address = $1`, address, blocked)
+	if err == nil && tag.RowsAffected() == 0 {
+		return ErrNotFound
+	}
+	return err
+}
+
+// Delete removes an account's row. The caller removes its mail.
+func (s *Store) Delete(ctx context.Context, address string) error {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM accounts WHERE address = $1`, address)
+	if err == nil && tag.RowsAffected() == 0 {
+		return ErrNotFound
+	}
+	return err
+}
+
+// Each calls fn for every account, in address order.
+func (s *Store) Each(ctx context.Context, fn func(*Account) error) error {
+	rows, err := s.pool.Query(ctx, `SELECT `+columns+` FROM accounts ORDER BY address`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		a, err := scan(rows)
+		if err != nil {
+			return err
+		}
+		if err := fn(a); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// Stats are usage totals for the admin: counts and sums, never content.
+type Stats struct {
+	Accounts, Blocked, ActiveToday, Active30Days int64
+	StorageBytes, Messages                       int64
+}
+
+// Stats returns usage totals.
+func (s *Store) Stats(ctx context.Context) (Stats, error) {
+	var st Stats
+	err := s.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE blocked),
+		count(*) FILTER (WHERE last_login >= current_date), count(*) FILTER (WHERE last_login >= current_date - 30),
+		COALESCE(sum(storage_bytes), 0)::bigint, COALESCE(sum(message_count), 0)::bigint FROM accounts`).
+		Scan(&st.Accounts, &st.Blocked, &st.ActiveToday, &st.Active30Days, &st.StorageBytes, &st.Messages)
+	return st, err
+}
+
+// IsUnavailable reports whether err means the database could not be asked,
+// as opposed to a question it answered with an error.
+func IsUnavailable(err error) bool {
+	var pgErr *pgconn.PgError
+	return err != nil && !errors.As(err, &pgErr)
+}

@@ -1,0 +1,318 @@
+// Package config reads the one TOML file that every chatmail daemon shares.
+//
+// The file has common sections ([mail], [accounts], [postgres], [log]) and one
+// section per daemon ([doveauth], [milter], ...). A daemon decodes the common
+// sections and its own section strictly: an unknown key is an error that names
+// the key, so a typo never silently falls back to a default. Sections of other
+// daemons are left to those daemons.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Sections lists every top-level section name a daemon may find in the file.
+// A section not in this list is reported as unknown.
+var Sections = []string{"mail", "accounts", "postgres", "log", "doveauth", "milter", "metadata-proxy", "turnd", "mxdeliv"}
+
+// Error is a configuration error. Daemons exit with code 2 on it.
+type Error struct {
+	Key string // dotted key, e.g. "accounts.registration"; empty for file-level errors
+	Msg string
+}
+
+func (e *Error) Error() string {
+	if e.Key == "" {
+		return "config: " + e.Msg
+	}
+	return fmt.Sprintf("config: %s: %s", e.Key, e.Msg)
+}
+
+// IsError reports whether err is (or wraps) a configuration error.
+func IsError(err error) bool {
+	var ce *Error
+	return errors.As(err, &ce)
+}
+
+// Mail names the chatmail domains this server serves.
+type Mail struct {
+	// Domains are the chatmail domains. Logins and mail for other domains are
+	// left alone, so a server can host chatmail beside ordinary domains.
+	Domains []string `toml:"domains"`
+}
+
+// Serves reports whether domain (lower case) is one of the chatmail domains.
+func (m *Mail) Serves(domain string) bool {
+	return slices.Contains(m.Domains, domain)
+}
+
+// Accounts holds the rules for just-in-time account creation and for what is
+// stored per account.
+type Accounts struct {
+	Registration       string `toml:"registration"` // "open" or "closed"
+	LocalpartMinLength int    `toml:"localpart_min_length"`
+	LocalpartMaxLength int    `toml:"localpart_max_length"`
+	PasswordMinLength  int    `toml:"password_min_length"`
+	PasswordScheme     string `toml:"password_scheme"` // "SHA512-CRYPT" or "ARGON2ID"
+	CountMessages      bool   `toml:"count_messages"`
+	// MailboxesDir holds one home directory per account: <mailboxes_dir>/<address>.
+	MailboxesDir string `toml:"mailboxes_dir"`
+	// MailUser and MailGroup own the mail files; Dovecot gets them as uid/gid.
+	MailUser  string `toml:"mail_user"`
+	MailGroup string `toml:"mail_group"`
+}
+
+// Postgres says how to reach the account database.
+type Postgres struct {
+	DSN string `toml:"dsn"`
+	// PasswordFile, if set, holds the database password, so it stays out of
+	// the config file and out of the process list.
+	PasswordFile string   `toml:"password_file"`
+	QueryTimeout Duration `toml:"query_timeout"`
+	MaxConns     int      `toml:"max_conns"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level string `toml:"level"` // debug, info, warn, error
+	// NoLogFile switches No-Log on while it exists. The admin CLI creates and
+	// removes it; daemons notice within a second, without a restart.
+	NoLogFile string `toml:"nolog_file"`
+}
+
+// Common is what every daemon reads.
+type Common struct {
+	Mail     Mail     `toml:"mail"`
+	Accounts Accounts `toml:"accounts"`
+	Postgres Postgres `toml:"postgres"`
+	Log      Log      `toml:"log"`
+}
+
+// Defaults returns the common settings before the file is applied. They match
+// the defaults of existing chatmail relays.
+func Defaults() Common {
+	return Common{
+		Accounts: Accounts{
+			Registration:       "open",
+			LocalpartMinLength: 9,
+			LocalpartMaxLength: 9,
+			PasswordMinLength:  9,
+			PasswordScheme:     "SHA512-CRYPT",
+			CountMessages:      true,
+			MailboxesDir:       "/home/vmail/mail",
+			MailUser:           "vmail",
+			MailGroup:          "vmail",
+		},
+		Postgres: Postgres{QueryTimeout: Duration(2 * time.Second), MaxConns: 16},
+		Log:      Log{Level: "info", NoLogFile: "/var/lib/chatmail/nolog"},
+	}
+}
+
+// Validator is implemented by daemon sections that check themselves.
+type Validator interface {
+	Validate() error
+}
+
+// Load reads path, decoding the common sections into the returned Common and
+// the [daemon] section into section (a pointer to a struct holding defaults).
+// Every error it returns is an *Error.
+func Load(path, daemon string, section any) (*Common, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &Error{Msg: err.Error()}
+	}
+	return Parse(string(data), daemon, section)
+}
+
+// Parse is Load on the file's text.
+func Parse(text, daemon string, section any) (*Common, error) {
+	c := Defaults()
+	var raw map[string]toml.Primitive
+	md, err := toml.Decode(text, &raw)
+	if err != nil {
+		return nil, &Error{Msg: err.Error()}
+	}
+	for name := range raw {
+		if !slices.Contains(Sections, name) {
+			return nil, &Error{Key: name, Msg: "unknown section"}
+		}
+	}
+	decode := func(name string, into any) error {
+		p, ok := raw[name]
+		if !ok {
+			return nil
+		}
+		if err := md.PrimitiveDecode(p, into); err != nil {
+			return &Error{Key: name, Msg: err.Error()}
+		}
+		return nil
+	}
+	for _, s := range []struct {
+		name string
+		into any
+	}{{"mail", &c.Mail}, {"accounts", &c.Accounts}, {"postgres", &c.Postgres}, {"log", &c.Log}, {daemon, section}} {
+		if s.into == nil {
+			continue
+		}
+		if err := decode(s.name, s.into); err != nil {
+			return nil, err
+		}
+	}
+	// Undecoded reports keys of every section; only ours are errors here.
+	for _, k := range md.Undecoded() {
+		top := k[0]
+		if top == "mail" || top == "accounts" || top == "postgres" || top == "log" || (top == daemon && section != nil) {
+			return nil, &Error{Key: k.String(), Msg: "unknown key"}
+		}
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	if v, ok := section.(Validator); ok {
+		if err := v.Validate(); err != nil {
+			var ce *Error
+			if errors.As(err, &ce) && ce.Key != "" {
+				ce.Key = daemon + "." + ce.Key
+				return nil, ce
+			}
+			return nil, &Error{Key: daemon, Msg: err.Error()}
+		}
+	}
+	return &c, nil
+}
+
+var domainRE = regexp.MustCompile(`^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?$|^\[[0-9.]+\]$`)
+
+func (c *Common) validate() error {
+	if len(c.Mail.Domains) == 0 {
+		return &Error{Key: "mail.domains", Msg: "name at least one chatmail domain"}
+	}
+	for i, d := range c.Mail.Domains {
+		if d != strings.ToLower(d) || !domainRE.MatchString(d) {
+			return &Error{Key: "mail.domains", Msg: fmt.Sprintf("%q is not a lower-case domain name", d)}
+		}
+		if slices.Contains(c.Mail.Domains[:i], d) {
+			return &Error{Key: "mail.domains", Msg: fmt.Sprintf("%q is listed twice", d)}
+		}
+	}
+	a := &c.Accounts
+	switch a.Registration {
+	case "open", "closed":
+	default:
+		return &Error{Key: "accounts.registration", Msg: fmt.Sprintf("%q: want open or closed", a.Registration)}
+	}
+	if a.LocalpartMinLength < 1 || a.LocalpartMinLength > 64 {
+		return &Error{Key: "accounts.localpart_min_length", Msg: "must be 1 to 64"}
+	}
+	if a.LocalpartMaxLength < a.LocalpartMinLength || a.LocalpartMaxLength > 64 {
+		return &Error{Key: "accounts.localpart_max_length", Msg: "must be at least localpart_min_length and at most 64"}
+	}
+	if a.PasswordMinLength < 1 {
+		return &Error{Key: "accounts.password_min_length", Msg: "must be at least 1"}
+	}
+	switch a.PasswordScheme {
+	case "SHA512-CRYPT", "ARGON2ID":
+	default:
+		return &Error{Key: "accounts.password_scheme", Msg: fmt.Sprintf("%q: want SHA512-CRYPT or ARGON2ID", a.PasswordScheme)}
+	}
+	if !strings.HasPrefix(a.MailboxesDir, "/") {
+		return &Error{Key: "accounts.mailboxes_dir", Msg: "must be an absolute path"}
+	}
+	if a.MailUser == "" || a.MailGroup == "" {
+		return &Error{Key: "accounts.mail_user", Msg: "mail_user and mail_group must be set"}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return &Error{Key: "log.level", Msg: fmt.Sprintf("%q: want debug, info, warn or error", c.Log.Level)}
+	}
+	if c.Postgres.QueryTimeout <= 0 {
+		return &Error{Key: "postgres.query_timeout", Msg: "must be positive"}
+	}
+	if c.Postgres.MaxConns < 1 {
+		return &Error{Key: "postgres.max_conns", Msg: "must be at least 1"}
+	}
+	return nil
+}
+
+// RequirePostgres checks that the daemon has what it needs to reach the
+// database; only daemons that use it call this.
+func (c *Common) RequirePostgres() error {
+	if c.Postgres.DSN == "" {
+		return &Error{Key: "postgres.dsn", Msg: "must be set"}
+	}
+	return nil
+}
+
+// PostgresDSN returns the DSN with the password from password_file, if any.
+func (c *Common) PostgresDSN() (string, error) {
+	dsn := c.Postgres.DSN
+	if c.Postgres.PasswordFile == "" {
+		return dsn, nil
+	}
+	pw, err := os.ReadFile(c.Postgres.PasswordFile)
+	if err != nil {
+		return "", &Error{Key: "postgres.password_file", Msg: err.Error()}
+	}
+	p := strings.TrimRight(string(pw), "\r\n")
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		return "", &Error{Key: "postgres.password_file", Msg: "use a key=value DSN with password_file"}
+	}
+	return dsn + " password='" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(p) + "'", nil
+}
+
+// Duration is a time.Duration written as "2s", "150ms" in the file.
+type Duration time.Duration
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// FileMode is a permission mode written as an octal string, "0660".
+type FileMode os.FileMode
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (m *FileMode) UnmarshalText(b []byte) error {
+	v, err := strconv.ParseUint(string(b), 8, 32)
+	if err != nil || v > 0o777 {
+		return fmt.Errorf("%q is not an octal permission mode like \"0660\"", b)
+	}
+	*m = FileMode(v)
+	return nil
+}
+
+// CheckLoopback checks that addr is host:port on a loopback address, as metrics
+// listeners must be: they are for a local scraper, never for the network.
+func CheckLoopback(key, addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return &Error{Key: key, Msg: err.Error()}
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return &Error{Key: key, Msg: fmt.Sprintf("bad port %q", port)}
+	}
+	ip := net.ParseIP(host)
+	if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return &Error{Key: key, Msg: fmt.Sprintf("%q is not a loopback address", host)}
+	}
+	return nil
+}

@@ -1,0 +1,456 @@
+package dict
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// MaxLineLength is the longest command line accepted, as in Dovecot's client.
+const MaxLineLength = 64 * 1024
+
+// Handler answers dict requests. Errors returned from its methods are sent to
+// Dovecot as failures ("F"), which Dovecot treats as temporary: a handler must
+// return an error, never "not found", when it cannot know the answer.
+type Handler interface {
+	// Lookup returns the value of key for user, or found=false.
+	Lookup(ctx context.Context, req Lookup) (value string, found bool, err error)
+	// Iterate calls emit for every key under req.Path.
+	Iterate(ctx context.Context, req Iterate, emit func(key, value string) error) error
+	// Commit applies a transaction atomically.
+	Commit(ctx context.Context, tx *Tx) error
+}
+
+// Hello is what Dovecot says first on a connection.
+type Hello struct {
+	Major, Minor int
+	User         string
+	DictName     string // the name after the socket path in proxy:<path>:<name>
+}
+
+// Lookup is an L command.
+type Lookup struct {
+	Hello *Hello
+	Key   string
+	User  string
+}
+
+// Iterate is an I command.
+type Iterate struct {
+	Hello   *Hello
+	Flags   uint
+	MaxRows uint64
+	Path    string
+	User    string
+}
+
+// Iterate flags from Dovecot's dict.h.
+const (
+	IterRecurse     = 0x01
+	IterExactKey    = 0x08
+	IterNoValue     = 0x10
+	IterAsync       = 0x20
+	IterSortByKey   = 0x02
+	IterSortByValue = 0x04
+)
+
+// OpKind says what a transaction operation does.
+type OpKind byte
+
+// Transaction operations.
+const (
+	OpSet       OpKind = 'S'
+	OpUnset     OpKind = 'U'
+	OpAtomicInc OpKind = 'A'
+)
+
+// Op is one change inside a transaction.
+type Op struct {
+	Kind  OpKind
+	Key   string
+	Value string // OpSet
+	Diff  int64  // OpAtomicInc
+}
+
+// Tx is a transaction between B and C.
+type Tx struct {
+	Hello *Hello
+	ID    uint64
+	User  string
+	Ops   []Op
+}
+
+// ErrNotFound may be returned by Commit when a key to change does not exist;
+// Dovecot then gets "N" rather than a failure.
+var ErrNotFound = errors.New("dict: not found")
+
+// Server serves the dict protocol to Dovecot.
+type Server struct {
+	Handler Handler
+	Log     *slog.Logger
+	// IdleTimeout closes a connection that sends nothing for this long.
+	IdleTimeout time.Duration
+	// RequestTimeout bounds one handler call.
+	RequestTimeout time.Duration
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]*conn
+	closing   bool
+	wg        sync.WaitGroup
+}
+
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
+)
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("dict: server closed")
+
+// Serve accepts connections on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	if s.listeners == nil {
+		s.listeners = map[net.Listener]struct{}{}
+		s.conns = map[net.Conn]*conn{}
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of file descriptors or similar: back off, keep serving.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.Log.Warn("dict accept failed, retrying", "err", err, "delay", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		c := &conn{srv: s, nc: nc}
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			nc.Close()
+			return ErrServerClosed
+		}
+		s.conns[nc] = c
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go c.serve()
+	}
+}
+
+// Shutdown stops accepting, lets every connection finish the command it is
+// working on, closes them, and waits for that or for ctx.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	for _, c := range s.conns {
+		c.stopIfIdle()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+type conn struct {
+	srv   *Server
+	nc    net.Conn
+	mu    sync.Mutex
+	busy  bool
+	hello Hello
+	txs   map[uint64]*Tx
+}
+
+// stopIfIdle wakes a connection blocked reading so it sees the shutdown; a
+// busy one notices after its current command.
+func (c *conn) stopIfIdle() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.busy {
+		c.nc.SetReadDeadline(time.Now())
+	}
+}
+
+func (c *conn) setBusy(b bool) {
+	c.mu.Lock()
+	c.busy = b
+	c.mu.Unlock()
+}
+
+func (c *conn) serve() {
+	s := c.srv
+	r := readerPool.Get().(*bufio.Reader)
+	w := writerPool.Get().(*bufio.Writer)
+	r.Reset(c.nc)
+	w.Reset(c.nc)
+	defer func() {
+		r.Reset(nil)
+		w.Reset(nil)
+		readerPool.Put(r)
+		writerPool.Put(w)
+		c.nc.Close()
+		s.mu.Lock()
+		delete(s.conns, c.nc)
+		s.mu.Unlock()
+		s.wg.Done()
+	}()
+	var long []byte
+	for {
+		if s.IdleTimeout > 0 && r.Buffered() == 0 {
+			c.nc.SetReadDeadline(time.Now().Add(s.IdleTimeout))
+		}
+		line, err := r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			long = append(long[:0], line...)
+			for errors.Is(err, bufio.ErrBufferFull) && len(long) <= MaxLineLength {
+				line, err = r.ReadSlice('\n')
+				long = append(long, line...)
+			}
+			if len(long) > MaxLineLength {
+				s.Log.Warn("dict: line too long, closing connection", "length", len(long))
+				return
+			}
+			line = long
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !s.isClosing() && !errors.Is(err, net.ErrClosed) {
+				var ne net.Error
+				if !(errors.As(err, &ne) && ne.Timeout()) {
+					s.Log.Debug("dict: read failed", "err", err)
+				}
+			}
+			return
+		}
+		c.setBusy(true)
+		perr := c.handle(string(line[:len(line)-1]), w)
+		if perr == nil && r.Buffered() == 0 {
+			perr = w.Flush()
+		}
+		c.setBusy(false)
+		if perr != nil {
+			if !errors.Is(perr, errClose) {
+				s.Log.Warn("dict: closing connection", "err", perr)
+			}
+			w.Flush()
+			return
+		}
+		if s.isClosing() && r.Buffered() == 0 {
+			return
+		}
+	}
+}
+
+var errClose = errors.New("close")
+
+// handle executes one command line and writes its reply, if it has one. An
+// error closes the connection: the protocol has no way to report a malformed
+// command, and Dovecot reconnects.
+func (c *conn) handle(line string, w *bufio.Writer) error {
+	if len(line) > 0 && line[len(line)-1] == '\r' {
+		line = line[:len(line)-1]
+	}
+	if line == "" {
+		return errClose // chatmail's clients end a session with an empty line
+	}
+	cmd, args := line[0], line[1:]
+	f, err := splitFields(args)
+	if err != nil {
+		return fmt.Errorf("%c: %w", cmd, err)
+	}
+	switch cmd {
+	case 'H':
+		if len(f) < 5 {
+			return fmt.Errorf("short hello %q", args)
+		}
+		c.hello.Major, _ = strconv.Atoi(f[0])
+		c.hello.Minor, _ = strconv.Atoi(f[1])
+		c.hello.User, c.hello.DictName = f[3], f[4]
+		if c.hello.Major != 3 && c.hello.Major != 2 {
+			return fmt.Errorf("unsupported dict protocol version %d.%d", c.hello.Major, c.hello.Minor)
+		}
+		return nil
+	case 'L':
+		req := Lookup{Hello: &c.hello, Key: f[0], User: c.hello.User}
+		if len(f) > 1 {
+			req.User = f[1]
+		}
+		ctx, cancel := c.ctx()
+		v, found, err := c.srv.Handler.Lookup(ctx, req)
+		cancel()
+		switch {
+		case err != nil:
+			w.WriteString("F")
+			w.WriteString(Escape(err.Error()))
+		case found:
+			w.WriteString("O")
+			w.WriteString(Escape(v))
+		default:
+			w.WriteString("N")
+		}
+		return w.WriteByte('\n')
+	case 'I':
+		if len(f) < 3 {
+			return fmt.Errorf("short iterate %q", args)
+		}
+		flags, err1 := strconv.ParseUint(f[0], 10, 32)
+		maxRows, err2 := strconv.ParseUint(f[1], 10, 64)
+		if err1 != nil || err2 != nil {
+			return fmt.Errorf("bad iterate %q", args)
+		}
+		req := Iterate{Hello: &c.hello, Flags: uint(flags), MaxRows: maxRows, Path: f[2], User: c.hello.User}
+		if len(f) > 3 {
+			req.User = f[3]
+		}
+		ctx, cancel := c.ctx()
+		defer cancel()
+		var rows uint64
+		err := c.srv.Handler.Iterate(ctx, req, func(k, v string) error {
+			if req.MaxRows > 0 && rows >= req.MaxRows {
+				return errStopIteration
+			}
+			rows++
+			w.WriteString("O")
+			w.WriteString(Escape(k))
+			w.WriteByte('\t')
+			if req.Flags&IterNoValue == 0 {
+				w.WriteString(Escape(v))
+			}
+			return w.WriteByte('\n')
+		})
+		if err != nil && !errors.Is(err, errStopIteration) {
+			w.WriteString("F")
+			w.WriteString(Escape(err.Error()))
+		}
+		return w.WriteByte('\n')
+	case 'B':
+		id, err := strconv.ParseUint(f[0], 10, 32)
+		if err != nil {
+			return fmt.Errorf("bad transaction id %q", f[0])
+		}
+		if c.txs == nil {
+			c.txs = map[uint64]*Tx{}
+		}
+		if _, dup := c.txs[id]; dup {
+			return fmt.Errorf("transaction %d begun twice", id)
+		}
+		tx := &Tx{Hello: &c.hello, ID: id, User: c.hello.User}
+		if len(f) > 1 {
+			tx.User = f[1]
+		}
+		c.txs[id] = tx
+		return nil
+	case 'S', 'U', 'A', 'T':
+		tx, err := c.tx(f[0])
+		if err != nil {
+			return err
+		}
+		switch {
+		case cmd == 'S' && len(f) == 3:
+			tx.Ops = append(tx.Ops, Op{Kind: OpSet, Key: f[1], Value: f[2]})
+		case cmd == 'U' && len(f) == 2:
+			tx.Ops = append(tx.Ops, Op{Kind: OpUnset, Key: f[1]})
+		case cmd == 'A' && len(f) == 3:
+			d, err := strconv.ParseInt(f[2], 10, 64)
+			if err != nil {
+				return fmt.Errorf("bad atomic increment %q", f[2])
+			}
+			tx.Ops = append(tx.Ops, Op{Kind: OpAtomicInc, Key: f[1], Diff: d})
+		case cmd == 'T':
+			// Timestamps only matter to backends that version values.
+		default:
+			return fmt.Errorf("malformed %c command %q", cmd, args)
+		}
+		return nil
+	case 'R':
+		tx, err := c.tx(f[0])
+		if err != nil {
+			return err
+		}
+		delete(c.txs, tx.ID)
+		return nil
+	case 'C', 'D':
+		tx, err := c.tx(f[0])
+		if err != nil {
+			return err
+		}
+		delete(c.txs, tx.ID)
+		ctx, cancel := c.ctx()
+		err = c.srv.Handler.Commit(ctx, tx)
+		cancel()
+		if cmd == 'D' {
+			w.WriteByte('A')
+		}
+		switch {
+		case err == nil:
+			fmt.Fprintf(w, "O%d", tx.ID)
+		case errors.Is(err, ErrNotFound):
+			fmt.Fprintf(w, "N%d", tx.ID)
+		default:
+			fmt.Fprintf(w, "F%d\t%s", tx.ID, Escape(err.Error()))
+		}
+		return w.WriteByte('\n')
+	}
+	return fmt.Errorf("unknown command %q", cmd)
+}
+
+var errStopIteration = errors.New("enough rows")
+
+func (c *conn) tx(idField string) (*Tx, error) {
+	id, err := strconv.ParseUint(idField, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("bad transaction id %q", idField)
+	}
+	tx := c.txs[id]
+	if tx == nil {
+		return nil, fmt.Errorf("unknown transaction %d", id)
+	}
+	return tx, nil
+}
+
+func (c *conn) ctx() (context.Context, context.CancelFunc) {
+	if c.srv.RequestTimeout > 0 {
+		return context.WithTimeout(context.Background(), c.srv.RequestTimeout)
+	}
+	return context.WithCancel(context.Background())
+}

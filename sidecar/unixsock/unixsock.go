@@ -1,0 +1,62 @@
+// Package unixsock binds the unix sockets through which Dovecot and Postfix
+// reach the daemons.
+package unixsock
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+)
+
+// Listen binds a unix stream socket at path with the given permission mode
+// and, if group is not empty, that group. A stale socket left by a crash is
+// removed first; any other file at path is an error, never clobbered.
+func Listen(path string, mode uint32, group string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: another process is serving this socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	// Closing the listener removes the socket file.
+	ln.(*net.UnixListener).SetUnlinkOnClose(true)
+	if err := os.Chmod(path, fs.FileMode(mode)); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if group != "" {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			ln.Close()
+			return nil, err
+		}
+		gid, err := strconv.Atoi(g.Gid)
+		if err != nil {
+			ln.Close()
+			return nil, errors.New("bad gid " + g.Gid)
+		}
+		if err := os.Chown(path, -1, gid); err != nil {
+			ln.Close()
+			return nil, err
+		}
+	}
+	return ln, nil
+}
