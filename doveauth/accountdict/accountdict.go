@@ -43,6 +43,8 @@ type Service struct {
 	Accounts config.Accounts
 	Log      *slog.Logger
 	Metrics  *Metrics
+
+	userdbCache existsCache
 }
 
 var localpartChars = regexp.MustCompile(`^[a-z0-9._-]+$`)
@@ -176,11 +178,15 @@ func (s *Service) userdb(ctx context.Context, user string) (string, string, erro
 	if err != nil || !s.Mail.Serves(domain) {
 		return "", "notfound", nil
 	}
-	if _, err := s.Store.Get(ctx, addr); err != nil {
-		if errors.Is(err, accounts.ErrNotFound) {
-			return "", "notfound", nil
+	now := time.Now()
+	if !s.userdbCache.has(addr, now) {
+		if _, err := s.Store.Get(ctx, addr); err != nil {
+			if errors.Is(err, accounts.ErrNotFound) {
+				return "", "notfound", nil
+			}
+			return "", "", err
 		}
-		return "", "", err
+		s.userdbCache.add(addr, now)
 	}
 	return mustJSON(map[string]string{
 		"home": filepath.Join(s.Accounts.MailboxesDir, addr),

@@ -18,6 +18,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"chatmail.dev/doveauth/accountdict"
 	"chatmail.dev/sidecar/accounts"
 	"chatmail.dev/sidecar/config"
 	"chatmail.dev/sidecar/daemon"
@@ -112,8 +113,10 @@ func run(cfg *config.Common, args []string, out io.Writer) error {
 		if err := store.Delete(ctx, addr); err != nil {
 			return fmt.Errorf("%s: %w", addr, err)
 		}
-		// The row goes first: from then on no login can recreate mail under
-		// the old password, and the directory can go.
+		// The row goes first: from then on no login can recreate the account.
+		// doveauth may still confirm the user to a delivery for the userdb
+		// cache's lifetime; wait that out so no delivery recreates the mail.
+		time.Sleep(accountdict.UserdbCacheTTL)
 		if err := os.RemoveAll(filepath.Join(cfg.Accounts.MailboxesDir, addr)); err != nil {
 			return fmt.Errorf("%s: account deleted, but its mail was not: %w", addr, err)
 		}

@@ -1,0 +1,140 @@
+// Command chatmail-bench measures a running stack: dict lookups through
+// doveauth's socket with a new connection per lookup, as Dovecot makes them,
+// and IMAP logins through Dovecot. scripts/bench runs it against doveauth and
+// against references started in the same run, and prints the ratios.
+//
+//	chatmail-bench dict -socket PATH -user ADDR [-kind userdb|passdb -pass PW] [-n N] [-c CONC]
+//	chatmail-bench imap -addr HOST:PORT -user ADDR -pass PW [-n N] [-c CONC]
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: chatmail-bench dict|imap [flags]")
+		os.Exit(2)
+	}
+	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	n := fs.Int("n", 20000, "operations")
+	conc := fs.Int("c", 16, "concurrent clients")
+	socket := fs.String("socket", "", "dict socket")
+	addr := fs.String("addr", "", "IMAP host:port")
+	user := fs.String("user", "", "account")
+	pass := fs.String("pass", "", "password")
+	kind := fs.String("kind", "userdb", "dict lookup: userdb or passdb (passdb asks PostgreSQL every time)")
+	fs.Parse(os.Args[2:])
+
+	var op func() error
+	switch os.Args[1] {
+	case "dict":
+		key := "shared/userdb/" + *user
+		if *kind == "passdb" {
+			key = "shared/passdb/" + *pass + `"` + *user
+		}
+		req := "H3\t2\t0\t\tauth\nL" + key + "\t" + *user + "\n"
+		op = func() error { return dictLookup(*socket, req) }
+	case "imap":
+		req := fmt.Sprintf("a LOGIN %s %s\r\nb LOGOUT\r\n", *user, *pass)
+		op = func() error { return imapLogin(*addr, req) }
+	default:
+		fmt.Fprintln(os.Stderr, "unknown benchmark", os.Args[1])
+		os.Exit(2)
+	}
+	rate, p50, p99, err := run(*n, *conc, op)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	// One machine-readable line: ops/s p50 p99 (milliseconds).
+	fmt.Printf("%.0f %.3f %.3f\n", rate, p50.Seconds()*1000, p99.Seconds()*1000)
+}
+
+func run(n, conc int, op func() error) (rate float64, p50, p99 time.Duration, err error) {
+	lat := make([]time.Duration, n)
+	var next atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(n) {
+					return
+				}
+				t := time.Now()
+				if err := op(); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+				lat[i] = time.Since(t)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if e, ok := firstErr.Load().(error); ok {
+		return 0, 0, 0, e
+	}
+	slices.Sort(lat)
+	return float64(n) / elapsed.Seconds(), lat[n/2], lat[n*99/100], nil
+}
+
+func dictLookup(socket, req string) error {
+	c, err := net.Dial("unix", socket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte(req)); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if line[0] != 'O' {
+		return fmt.Errorf("lookup answered %q", line)
+	}
+	return nil
+}
+
+func imapLogin(addr, req string) error {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	if _, err := r.ReadString('\n'); err != nil {
+		return err
+	}
+	if _, err := c.Write([]byte(req)); err != nil {
+		return err
+	}
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if strings.HasPrefix(line, "a ") {
+			if !strings.HasPrefix(line, "a OK") {
+				return fmt.Errorf("login answered %q", line)
+			}
+			return nil
+		}
+	}
+}
