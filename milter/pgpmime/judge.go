@@ -1,0 +1,460 @@
+package pgpmime
+
+import (
+	"bytes"
+	"errors"
+	"mime"
+	"strings"
+)
+
+// Limits that bound both memory and the cleartext a passing message can carry.
+const (
+	// MaxLine is the longest line the scanner keeps, terminator included
+	// (RFC 5322 2.1.1: 998 characters plus CRLF).
+	MaxLine = 1000
+	// MaxPreamble bounds the preamble and, separately, the epilogue.
+	MaxPreamble = 256
+	// MaxPartHeader bounds a part's header section.
+	MaxPartHeader = 4096
+	// MaxArmorHeaders is how many armor header lines may precede the data.
+	MaxArmorHeaders = 5
+	// MaxSoleText bounds the body of a sole text part that Result.SoleText reports.
+	MaxSoleText    = 256
+	maxVersionBody = 64
+)
+
+// Reasons a message is not encrypted. They are for logs and tests; the reply
+// to the client never says which one it was.
+var (
+	ErrNotEncryptedType = errors.New("pgpmime: top-level type is not multipart/encrypted")
+	ErrContentType      = errors.New("pgpmime: Content-Type missing, repeated or malformed")
+	ErrProtocol         = errors.New("pgpmime: protocol parameter is not application/pgp-encrypted")
+	ErrTransferEncoding = errors.New("pgpmime: transfer encoding is not an identity encoding")
+	ErrLongLine         = errors.New("pgpmime: line too long")
+	ErrPreamble         = errors.New("pgpmime: preamble or epilogue too long")
+	ErrPartHeader       = errors.New("pgpmime: part header too long or malformed")
+	ErrPartCount        = errors.New("pgpmime: not exactly two parts")
+	ErrVersionPart      = errors.New("pgpmime: first part is not application/pgp-encrypted \"Version: 1\"")
+	ErrDataPart         = errors.New("pgpmime: second part is not application/octet-stream")
+	ErrUnterminated     = errors.New("pgpmime: multipart body has no close delimiter")
+)
+
+type mode uint8
+
+const (
+	modeNone      mode = iota // nothing in the body matters
+	modeEncrypted             // multipart/encrypted: full check
+	modeMixed                 // multipart/mixed: look for a sole text/plain part
+)
+
+type mimeState uint8
+
+const (
+	stPreamble mimeState = iota
+	stPartHeader
+	stPartBody
+	stEpilogue
+)
+
+// Result is the judgement on one message.
+type Result struct {
+	// MediaType is the lower-case top-level media type, "" if the
+	// Content-Type field is missing or malformed.
+	MediaType string
+	// Params are the top-level Content-Type parameters (keys lower case).
+	Params map[string]string
+	// Encrypted is nil when the message is RFC 3156 PGP/MIME with a valid
+	// packet sequence, and says why not otherwise.
+	Encrypted error
+	// SoleText is set when the message is multipart/mixed with exactly one
+	// part, that part is text/plain in an identity transfer encoding, and its
+	// body is at most MaxSoleText bytes: it holds that body, trimmed.
+	SoleText string
+	// Size is the number of body bytes written.
+	Size int64
+}
+
+// Judge consumes a message body in chunks and judges it. Its memory use is
+// fixed, whatever the message size. The zero value is not usable; call Reset.
+type Judge struct {
+	res  Result
+	mode mode
+	done bool // the verdict cannot change any more; only count bytes
+	err  error
+
+	boundary []byte
+	carry    []byte // start of a line split across writes
+	long     bool   // inside an overlong line
+
+	st        mimeState
+	parts     int
+	edgeBytes int // preamble or epilogue bytes so far
+	hdr       []byte
+	partOK    bool   // current part has the right type for its position
+	text      []byte // body of part 1 (version part, or sole text part)
+
+	armor armor
+}
+
+// NewJudge returns a judge for a message with the given top-level header
+// values. contentTypes holds every Content-Type field value (normally one),
+// transferEncodings every Content-Transfer-Encoding value.
+func NewJudge(contentTypes, transferEncodings []string) *Judge {
+	j := &Judge{carry: make([]byte, 0, MaxLine), hdr: make([]byte, 0, MaxPartHeader)}
+	j.Reset(contentTypes, transferEncodings)
+	return j
+}
+
+// Reset prepares j for a new message, reusing its buffers.
+func (j *Judge) Reset(contentTypes, transferEncodings []string) {
+	*j = Judge{carry: j.carry[:0], hdr: j.hdr[:0], text: j.text[:0], boundary: j.boundary[:0]}
+	j.armor.reset()
+	j.done = true
+	if len(contentTypes) != 1 {
+		j.res.Encrypted = ErrContentType
+		if len(contentTypes) == 0 {
+			// RFC 2045 5.2: no Content-Type means text/plain.
+			j.res.MediaType = "text/plain"
+		}
+		return
+	}
+	mt, params, err := mime.ParseMediaType(contentTypes[0])
+	if err != nil {
+		j.res.Encrypted = ErrContentType
+		return
+	}
+	j.res.MediaType, j.res.Params = mt, params
+	j.res.Encrypted = ErrNotEncryptedType
+	var m mode
+	switch mt {
+	case "multipart/encrypted":
+		if !strings.EqualFold(params["protocol"], "application/pgp-encrypted") {
+			j.res.Encrypted = ErrProtocol
+			return
+		}
+		m = modeEncrypted
+	case "multipart/mixed":
+		m = modeMixed
+	default:
+		return
+	}
+	if !identityEncoding(transferEncodings) {
+		j.res.Encrypted = ErrTransferEncoding
+		return
+	}
+	b := params["boundary"]
+	if b == "" || len(b) > 70 {
+		j.res.Encrypted = ErrContentType
+		return
+	}
+	j.boundary = append(j.boundary, b...)
+	j.mode, j.done = m, false
+	j.res.Encrypted = nil // provisional; Close decides
+}
+
+// identityEncoding reports whether the transfer encoding fields leave the
+// body as is: at most one field, and none, 7bit, 8bit or binary.
+func identityEncoding(values []string) bool {
+	switch len(values) {
+	case 0:
+		return true
+	case 1:
+		switch strings.ToLower(strings.TrimSpace(values[0])) {
+		case "", "7bit", "8bit", "binary":
+			return true
+		}
+	}
+	return false
+}
+
+// Write consumes the next chunk of the body. It never fails.
+func (j *Judge) Write(p []byte) (int, error) {
+	n := len(p)
+	j.res.Size += int64(n)
+	for len(p) > 0 && !j.done {
+		i := bytes.IndexByte(p, '\n')
+		if j.long {
+			if i < 0 {
+				break
+			}
+			j.long = false
+			p = p[i+1:]
+			continue
+		}
+		if i < 0 {
+			if len(j.carry)+len(p) > MaxLine {
+				j.overlong()
+				break
+			}
+			j.carry = append(j.carry, p...)
+			break
+		}
+		line := p[:i+1]
+		p = p[i+1:]
+		if len(j.carry) > 0 {
+			if len(j.carry)+len(line) > MaxLine {
+				j.overlong()
+				break
+			}
+			j.carry = append(j.carry, line...)
+			line = j.carry
+		} else if len(line) > MaxLine {
+			j.overlong()
+			break
+		}
+		j.line(line)
+		j.carry = j.carry[:0]
+	}
+	return n, nil
+}
+
+func (j *Judge) overlong() {
+	// No line of the structures accepted here can be this long, so the
+	// positive verdicts are out of reach: stop looking.
+	j.fail(ErrLongLine)
+}
+
+func (j *Judge) fail(err error) {
+	if j.err == nil {
+		j.err = err
+	}
+	j.done = true
+}
+
+// line handles one complete line, terminator included.
+func (j *Judge) line(l []byte) {
+	if d, closing := j.delimiter(l); d {
+		j.endPart()
+		if j.done {
+			return
+		}
+		if closing {
+			j.st = stEpilogue
+			return
+		}
+		j.parts++
+		j.st = stPartHeader
+		j.hdr = j.hdr[:0]
+		j.text = j.text[:0]
+		if j.parts > 2 || (j.mode == modeMixed && j.parts > 1) {
+			j.fail(ErrPartCount)
+		}
+		return
+	}
+	switch j.st {
+	case stPreamble, stEpilogue:
+		j.edgeBytes += len(l)
+		if j.edgeBytes > MaxPreamble {
+			j.fail(ErrPreamble)
+		}
+	case stPartHeader:
+		if len(trimEOL(l)) == 0 {
+			j.beginPart()
+			return
+		}
+		if len(j.hdr)+len(l) > MaxPartHeader {
+			j.fail(ErrPartHeader)
+			return
+		}
+		j.hdr = append(j.hdr, l...)
+	case stPartBody:
+		j.partLine(l)
+	}
+}
+
+// delimiter reports whether l is a boundary delimiter line, and whether it
+// is the close delimiter (RFC 2046 5.1.1; transport padding allowed).
+func (j *Judge) delimiter(l []byte) (bool, bool) {
+	b := j.boundary
+	if len(l) < 2+len(b) || l[0] != '-' || l[1] != '-' || !bytes.Equal(l[2:2+len(b)], b) {
+		return false, false
+	}
+	rest := trimEOL(l[2+len(b):])
+	closing := len(rest) >= 2 && rest[0] == '-' && rest[1] == '-'
+	if closing {
+		rest = rest[2:]
+	}
+	for _, c := range rest {
+		if c != ' ' && c != '\t' {
+			return false, false
+		}
+	}
+	return true, closing
+}
+
+// beginPart parses the collected part header and sets up the part body.
+func (j *Judge) beginPart() {
+	j.st = stPartBody
+	var ct, cte []string
+	ok := eachField(j.hdr, func(name, value []byte) {
+		switch {
+		case bytes.EqualFold(name, []byte("Content-Type")):
+			ct = append(ct, string(value))
+		case bytes.EqualFold(name, []byte("Content-Transfer-Encoding")):
+			cte = append(cte, string(value))
+		}
+	})
+	if !ok || len(ct) > 1 {
+		j.fail(ErrPartHeader)
+		return
+	}
+	mt := "text/plain" // RFC 2045 5.2 default
+	if len(ct) == 1 {
+		var err error
+		if mt, _, err = mime.ParseMediaType(ct[0]); err != nil {
+			j.fail(ErrPartHeader)
+			return
+		}
+	}
+	ident := identityEncoding(cte)
+	switch {
+	case j.mode == modeMixed:
+		j.partOK = mt == "text/plain" && ident
+	case j.parts == 1:
+		j.partOK = mt == "application/pgp-encrypted" && ident
+		if !j.partOK {
+			j.fail(ErrVersionPart)
+		}
+	default:
+		j.partOK = mt == "application/octet-stream" && ident
+		if !j.partOK {
+			j.fail(ErrDataPart)
+		}
+	}
+	if j.mode == modeMixed && !j.partOK {
+		j.done = true // cannot be a sole text part; nothing else to learn
+	}
+}
+
+// partLine handles a line of a part body.
+func (j *Judge) partLine(l []byte) {
+	if j.mode == modeEncrypted && j.parts == 2 {
+		if err := j.armor.line(l); err != nil {
+			j.fail(err)
+		}
+		return
+	}
+	limit := MaxSoleText
+	if j.mode == modeEncrypted {
+		limit = maxVersionBody
+	}
+	if len(j.text)+len(l) > limit+2 { // +2: the CRLF before the delimiter is not content
+		if j.mode == modeEncrypted {
+			j.fail(ErrVersionPart)
+		} else {
+			j.done = true
+		}
+		return
+	}
+	j.text = append(j.text, l...)
+}
+
+// endPart finishes the current part, if any, when a delimiter is seen.
+func (j *Judge) endPart() {
+	if j.st == stPreamble || j.st == stEpilogue {
+		if j.st == stEpilogue {
+			// A delimiter after the close delimiter is epilogue text.
+			j.fail(ErrPreamble)
+		}
+		j.edgeBytes = 0
+		return
+	}
+	if j.st == stPartHeader {
+		j.fail(ErrPartHeader)
+		return
+	}
+	if j.mode == modeEncrypted {
+		switch j.parts {
+		case 1:
+			if string(bytes.TrimSpace(j.text)) != "Version: 1" {
+				j.fail(ErrVersionPart)
+			}
+		case 2:
+			if err := j.armor.finish(); err != nil {
+				j.fail(err)
+			}
+		}
+	}
+}
+
+// Close returns the verdict on everything written since Reset.
+func (j *Judge) Close() Result {
+	if !j.done && len(j.carry) > 0 {
+		// The body did not end with a line terminator.
+		j.line(j.carry)
+		j.carry = j.carry[:0]
+	}
+	r := j.res
+	switch j.mode {
+	case modeNone:
+		return r
+	case modeEncrypted:
+		switch {
+		case j.err != nil:
+			r.Encrypted = j.err
+		case j.st != stEpilogue:
+			r.Encrypted = ErrUnterminated
+		case j.parts != 2:
+			r.Encrypted = ErrPartCount
+		}
+	case modeMixed:
+		r.Encrypted = ErrNotEncryptedType
+		if j.err == nil && !j.done && j.st == stEpilogue && j.parts == 1 && j.partOK {
+			r.SoleText = string(bytes.TrimSpace(j.text))
+		}
+	}
+	return r
+}
+
+func trimEOL(l []byte) []byte {
+	if n := len(l); n > 0 && l[n-1] == '\n' {
+		l = l[:n-1]
+		if n := len(l); n > 0 && l[n-1] == '\r' {
+			l = l[:n-1]
+		}
+	}
+	return l
+}
+
+// eachField calls fn for each field of a header section (lines with their
+// terminators), unfolded. It reports false for a line that is neither a
+// field nor a continuation.
+func eachField(h []byte, fn func(name, value []byte)) bool {
+	var name, value []byte
+	flush := func() {
+		if name != nil {
+			fn(name, bytes.TrimSpace(value))
+		}
+	}
+	for len(h) > 0 {
+		i := bytes.IndexByte(h, '\n')
+		l := h
+		if i >= 0 {
+			l, h = h[:i+1], h[i+1:]
+		} else {
+			h = nil
+		}
+		l = trimEOL(l)
+		if len(l) > 0 && (l[0] == ' ' || l[0] == '\t') {
+			if name == nil {
+				return false
+			}
+			value = append(append(value, ' '), bytes.TrimSpace(l)...)
+			continue
+		}
+		flush()
+		k, v, ok := bytes.Cut(l, []byte(":"))
+		if !ok || len(k) == 0 || bytes.ContainsAny(k, " \t") {
+			return false
+		}
+		name, value = k, append([]byte(nil), v...)
+	}
+	flush()
+	return true
+}
+
+// MediaType is the lower-case top-level media type, known from Reset on.
+func (j *Judge) MediaType() string { return j.res.MediaType }
+
+// Size is the number of body bytes written so far.
+func (j *Judge) Size() int64 { return j.res.Size }

@@ -1,0 +1,235 @@
+package pgpmime
+
+import (
+	"bytes"
+	"errors"
+	"math/rand/v2"
+	"net/textproto"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// splitMessage splits a raw message into its top-level header values and body.
+func splitMessage(t testing.TB, raw []byte) (ct, cte []string, body []byte) {
+	t.Helper()
+	i := bytes.Index(raw, []byte("\r\n\r\n"))
+	n := 4
+	if j := bytes.Index(raw, []byte("\n\n")); i < 0 || (j >= 0 && j < i) {
+		i, n = j, 2
+	}
+	if i < 0 {
+		t.Fatal("no header/body separator")
+	}
+	ok := eachField(raw[:i+n/2], func(name, value []byte) {
+		switch textproto.CanonicalMIMEHeaderKey(string(name)) {
+		case "Content-Type":
+			ct = append(ct, string(value))
+		case "Content-Transfer-Encoding":
+			cte = append(cte, string(value))
+		}
+	})
+	if !ok {
+		t.Fatal("bad header")
+	}
+	return ct, cte, raw[i+n:]
+}
+
+// judge runs the judge over body in chunks of random size.
+func judge(ct, cte []string, body []byte, rnd *rand.Rand) Result {
+	j := NewJudge(ct, cte)
+	for len(body) > 0 {
+		n := 1 + rnd.IntN(min(len(body), 300))
+		if rnd.IntN(4) == 0 {
+			n = min(len(body), 64<<10)
+		}
+		j.Write(body[:n])
+		body = body[n:]
+	}
+	return j.Close()
+}
+
+func TestFixtures(t *testing.T) {
+	files, err := filepath.Glob("../testdata/*.eml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no fixtures: %v", err)
+	}
+	want := map[string]error{
+		"neg-literal.eml":              ErrPacketTag,
+		"neg-compressed.eml":           ErrPacketTag,
+		"neg-signed.eml":               ErrPacketTag,
+		"neg-sed.eml":                  ErrPacketTag,
+		"neg-no-esk.eml":               ErrPacketOrder,
+		"neg-mixed-versions.eml":       ErrPacketVersion,
+		"neg-trailing-packet.eml":      ErrPacketTrailing,
+		"neg-truncated.eml":            ErrTruncated,
+		"neg-bad-checksum.eml":         ErrArmorChecksum,
+		"neg-unknown-armor-header.eml": ErrArmorHeader,
+		"neg-garbage-after-end.eml":    ErrArmorTrailer,
+		"neg-two-blocks.eml":           ErrArmorTrailer,
+		"neg-text-before-armor.eml":    ErrArmorBegin,
+		"neg-long-preamble.eml":        ErrPreamble,
+		"neg-long-epilogue.eml":        ErrPreamble,
+		"neg-version-only.eml":         ErrPartCount,
+		"neg-extra-part.eml":           ErrPartCount,
+		"neg-wrong-order.eml":          ErrVersionPart,
+		"neg-nested.eml":               ErrNotEncryptedType,
+		"neg-no-protocol.eml":          ErrProtocol,
+		"neg-quoted-printable.eml":     ErrDataPart,
+		"neg-unterminated.eml":         ErrUnterminated,
+		"neg-fake-armor.eml":           ErrNotEncryptedType,
+		"neg-plain.eml":                ErrNotEncryptedType,
+	}
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for _, f := range files {
+		name := filepath.Base(f)
+		t.Run(name, func(t *testing.T) {
+			raw, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ct, cte, body := splitMessage(t, raw)
+			for range 5 {
+				res := judge(ct, cte, body, rnd)
+				switch {
+				case strings.HasPrefix(name, "enc-"):
+					if res.Encrypted != nil {
+						t.Fatalf("not encrypted: %v", res.Encrypted)
+					}
+				case strings.HasPrefix(name, "neg-"):
+					if !errors.Is(res.Encrypted, want[name]) {
+						t.Fatalf("got %v, want %v", res.Encrypted, want[name])
+					}
+				default:
+					if res.Encrypted == nil {
+						t.Fatal("judged encrypted")
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestSoleText(t *testing.T) {
+	for name, want := range map[string]string{
+		"securejoin-vc.eml":        "Secure-Join: vc-request",
+		"securejoin-fake.eml":      "Buy cheap watches!",
+		"securejoin-two-parts.eml": "",
+		"asm.eml":                  "",
+		"enc-v4.eml":               "",
+	} {
+		raw, err := os.ReadFile("../testdata/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ct, cte, body := splitMessage(t, raw)
+		if got := judge(ct, cte, body, rand.New(rand.NewPCG(3, 4))).SoleText; got != want {
+			t.Errorf("%s: SoleText %q, want %q", name, got, want)
+		}
+	}
+}
+
+// TestArmorEdges covers armor shapes byte by byte on top of a valid message.
+func TestArmorEdges(t *testing.T) {
+	raw, err := os.ReadFile("../testdata/enc-definite.eml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, cte, body := splitMessage(t, raw)
+	lines := strings.Split(string(body), "\r\n")
+	var begin, end int
+	for i, l := range lines {
+		switch l {
+		case "-----BEGIN PGP MESSAGE-----":
+			begin = i
+		case "-----END PGP MESSAGE-----":
+			end = i
+		}
+	}
+	edit := func(f func(ls []string) []string) []byte {
+		ls := f(append([]string(nil), lines...))
+		return []byte(strings.Join(ls, "\r\n"))
+	}
+	cases := []struct {
+		name string
+		body []byte
+		ok   bool
+	}{
+		{"unchanged", body, true},
+		{"trailing spaces", edit(func(ls []string) []string { ls[begin+2] += "  "; return ls }), true},
+		{"blank lines after END", edit(func(ls []string) []string {
+			return append(ls[:end+1], append([]string{"", "", ""}, ls[end+1:]...)...)
+		}), true},
+		{"no blank line after BEGIN", edit(func(ls []string) []string { return append(ls[:begin+1], ls[begin+2:]...) }), false},
+		{"blank line in data", edit(func(ls []string) []string {
+			return append(ls[:begin+3], append([]string{""}, ls[begin+3:]...)...)
+		}), false},
+		{"bad base64 char", edit(func(ls []string) []string { ls[begin+2] = "*" + ls[begin+2][1:]; return ls }), false},
+		{"lowercase END", edit(func(ls []string) []string { ls[end] = strings.ToLower(ls[end]); return ls }), false},
+		{"no END", edit(func(ls []string) []string { return append(ls[:end], ls[end+1:]...) }), false},
+		{"checksum not last", edit(func(ls []string) []string {
+			return append(ls[:end-1], append([]string{ls[end-1], "QUJD"}, ls[end:]...)...)
+		}), false},
+		{"two checksums", edit(func(ls []string) []string {
+			return append(ls[:end], append([]string{ls[end-1]}, ls[end:]...)...)
+		}), false},
+		{"armor header comment", edit(func(ls []string) []string {
+			return append(ls[:begin+1], append([]string{"Comment: x"}, ls[begin+1:]...)...)
+		}), true},
+		{"too many armor headers", edit(func(ls []string) []string {
+			h := []string{"Comment: 1", "Comment: 2", "Comment: 3", "Comment: 4", "Comment: 5", "Comment: 6"}
+			return append(ls[:begin+1], append(h, ls[begin+1:]...)...)
+		}), false},
+	}
+	for _, c := range cases {
+		res := judge(ct, cte, c.body, rand.New(rand.NewPCG(5, 6)))
+		if (res.Encrypted == nil) != c.ok {
+			t.Errorf("%s: got %v, want ok=%v", c.name, res.Encrypted, c.ok)
+		}
+	}
+}
+
+func TestTopLevelHeaders(t *testing.T) {
+	raw, err := os.ReadFile("../testdata/enc-v4.eml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, _, body := splitMessage(t, raw)
+	for _, c := range []struct {
+		name    string
+		ct, cte []string
+		want    error
+	}{
+		{"ok", ct, nil, nil},
+		{"7bit", ct, []string{"7bit"}, nil},
+		{"two content types", []string{ct[0], ct[0]}, nil, ErrContentType},
+		{"no content type", nil, nil, ErrContentType},
+		{"base64", ct, []string{"base64"}, ErrTransferEncoding},
+		{"bad syntax", []string{"multipart/encrypted; boundary"}, nil, ErrContentType},
+	} {
+		res := judge(c.ct, c.cte, body, rand.New(rand.NewPCG(7, 8)))
+		if !errors.Is(res.Encrypted, c.want) {
+			t.Errorf("%s: got %v, want %v", c.name, res.Encrypted, c.want)
+		}
+	}
+}
+
+// TestReset checks that a reused judge forgets the previous message.
+func TestReset(t *testing.T) {
+	good, _ := os.ReadFile("../testdata/enc-v6.eml")
+	bad, _ := os.ReadFile("../testdata/neg-literal.eml")
+	j := NewJudge(nil, nil)
+	for i := range 4 {
+		raw, ok := good, true
+		if i%2 == 1 {
+			raw, ok = bad, false
+		}
+		ct, cte, body := splitMessage(t, raw)
+		j.Reset(ct, cte)
+		j.Write(body)
+		if res := j.Close(); (res.Encrypted == nil) != ok {
+			t.Fatalf("round %d: %v", i, res.Encrypted)
+		}
+	}
+}

@@ -1,0 +1,545 @@
+// Package policy holds the chatmail rules for one SMTP transaction: which
+// mail must be encrypted, the few cleartext exceptions, sender identity,
+// rate and recipient limits, header stripping, DKIM signing and
+// verification. The milter and the check tool both drive a Txn with the
+// same calls, so both give the same answer.
+//
+// Scope: a message is subject to the rules when its sender is a chatmail
+// user (SASL-authenticated, or the envelope sender, in a chatmail domain;
+// the "outgoing" rules) or when any recipient is in a chatmail domain
+// (unauthenticated mail: the "incoming" rules). Authenticated users of
+// other domains on a mixed server get only the encryption rule, and only
+// when they write to chatmail users. Everything else passes untouched.
+//
+// Decisions on cleartext that the existing relay left open:
+//
+//   - Legacy Secure-Join requests pass in both directions to anyone, only
+//     in the exact shape Delta Chat sends: a single Secure-Join field
+//     "vc-request" or "vg-request", multipart/mixed with one text/plain
+//     part in an identity transfer encoding whose body, trimmed and
+//     case-folded, is "secure-join: " and the same step as the field.
+//   - The Autocrypt Setup Message passes outgoing only, when every
+//     recipient is the authenticated sender, Subject is exactly "Autocrypt
+//     Setup Message", an Autocrypt-Setup-Message field says v1 (Autocrypt
+//     1.1 4.4) and the top level is multipart/mixed.
+//   - Bounces pass incoming only: From mailer-daemon@ (any case), null
+//     envelope sender (RFC 5321 4.5.5: DSNs are sent with MAIL FROM:<>),
+//     Auto-Submitted present and not "no" (RFC 3834), and top-level
+//     multipart/report with report-type=delivery-status. An MDN from
+//     mailer-daemon is thus not a bounce.
+//   - Cleartext MDNs are rejected: Delta Chat sends them encrypted, and the
+//     relay dropped them on purpose (chatmail/relay #320).
+//   - The Subject is not rewritten; Delta Chat already sends "[...]".
+//   - A From with an address literal (user@[192.0.2.1]) cannot be DKIM
+//     signed, so incoming DKIM is not required for it, as in the relay.
+package policy
+
+import (
+	"context"
+	"log/slog"
+	"net/textproto"
+	"strings"
+
+	"chatmail.dev/milter/dkimstream"
+	"chatmail.dev/milter/pgpmime"
+	"chatmail.dev/sidecar/config"
+	"chatmail.dev/sidecar/logging"
+)
+
+// maxHeader bounds the header section kept per message; Postfix's own
+// header_size_limit is 100 KiB.
+const maxHeader = 256 << 10
+
+// strip lists the fields removed from outgoing mail because they identify
+// the sender's device or network (cf. the relay's submission_header_cleanup).
+var strip = map[string]bool{"Received": true, "X-Originating-Ip": true, "User-Agent": true, "X-Mailer": true}
+
+// Direction says which rules apply.
+type Direction int
+
+const (
+	Incoming Direction = iota
+	Outgoing
+)
+
+func (d Direction) String() string {
+	if d == Outgoing {
+		return "out"
+	}
+	return "in"
+}
+
+// Reason is why a message was accepted or refused: a closed set, used as a
+// metric label.
+type Reason string
+
+const (
+	ReasonEncrypted     Reason = "encrypted"
+	ReasonSecureJoin    Reason = "securejoin"
+	ReasonSetupMessage  Reason = "setup_message"
+	ReasonBounce        Reason = "bounce"
+	ReasonNotChatmail   Reason = "not_chatmail"
+	ReasonCleartext     Reason = "cleartext"
+	ReasonBadFrom       Reason = "bad_from"
+	ReasonBadSender     Reason = "bad_sender"
+	ReasonRateLimited   Reason = "rate_limited"
+	ReasonTooManyRcpts  Reason = "too_many_recipients"
+	ReasonDKIMUnsigned  Reason = "dkim_unsigned"
+	ReasonDKIMInvalid   Reason = "dkim_invalid"
+	ReasonDKIMUnaligned Reason = "dkim_unaligned"
+	ReasonDKIMTempFail  Reason = "dkim_tempfail"
+	ReasonHeaderSize    Reason = "header_too_large"
+	ReasonInternal      Reason = "internal_error"
+)
+
+// Reasons lists the reasons that occur per direction, for pre-creating
+// metric series.
+var Reasons = map[Direction][]Reason{
+	Outgoing: {ReasonEncrypted, ReasonSecureJoin, ReasonSetupMessage, ReasonNotChatmail, ReasonCleartext,
+		ReasonBadFrom, ReasonBadSender, ReasonRateLimited, ReasonTooManyRcpts, ReasonHeaderSize, ReasonInternal},
+	Incoming: {ReasonEncrypted, ReasonSecureJoin, ReasonBounce, ReasonNotChatmail, ReasonCleartext, ReasonBadFrom,
+		ReasonDKIMUnsigned, ReasonDKIMInvalid, ReasonDKIMUnaligned, ReasonDKIMTempFail, ReasonHeaderSize, ReasonInternal},
+}
+
+// Field is a header field.
+type Field struct{ Name, Value string }
+
+// HeaderRef names the Index-th (from 1) field called Name.
+type HeaderRef struct {
+	Name  string
+	Index int
+}
+
+// Verdict is a decision on a message or, at RCPT, on one recipient.
+type Verdict struct {
+	Direction Direction
+	Reason    Reason
+	Reply     Reply
+	// Delete and Add are changes to make when the message is accepted;
+	// Delete is ordered so that applying it in order keeps indexes valid.
+	Delete []HeaderRef
+	Add    []Field
+}
+
+// Engine holds what outlives a transaction.
+type Engine struct {
+	mail    *config.Mail
+	cfg     *Config
+	limiter *Limiter
+	lookup  dkimstream.Lookup // nil: incoming DKIM not verified
+	keys    map[string]*dkimstream.SignKey
+	log     *slog.Logger
+}
+
+// NewEngine loads signing keys and sets up the DKIM lookup. A key that
+// cannot be loaded is a *config.Error.
+func NewEngine(common *config.Common, cfg *Config, log *slog.Logger) (*Engine, error) {
+	e := &Engine{
+		mail:    &common.Mail,
+		cfg:     cfg,
+		limiter: NewLimiter(cfg.RateBurst, cfg.RatePerSecond),
+		keys:    make(map[string]*dkimstream.SignKey),
+		log:     log,
+	}
+	if cfg.VerifyDKIM {
+		if cfg.DKIMKeysDir != "" {
+			e.lookup = dkimstream.Dir(cfg.DKIMKeysDir)
+		} else {
+			e.lookup = dkimstream.DNS{Timeout: cfg.DNSTimeout.D()}
+		}
+	}
+	for _, d := range common.Mail.Domains {
+		sel, file, key := cfg.DKIMSelector, cfg.DKIMKeyFile, "dkim_key_file"
+		if k, ok := cfg.DKIMDomains[d]; ok {
+			sel, file, key = k.Selector, k.KeyFile, "dkim_domains."+d
+		}
+		if file == "" {
+			continue
+		}
+		k, err := dkimstream.LoadSignKey(d, sel, file)
+		if err != nil {
+			return nil, &config.Error{Key: "milter." + key, Msg: err.Error()}
+		}
+		e.keys[d] = k
+	}
+	return e, nil
+}
+
+// SetLookup replaces the DKIM key lookup (nil turns verification off).
+func (e *Engine) SetLookup(l dkimstream.Lookup) { e.lookup = l }
+
+// Txn is one message transaction. Call its methods in SMTP order: Mail,
+// Rcpt for each recipient, Header for each field, EndHeaders, Body for each
+// chunk, End; and Close in every case.
+type Txn struct {
+	e   *Engine
+	log *slog.Logger
+
+	dir        Direction
+	auth       string // normalized SASL login, "" if none
+	sender     string // normalized envelope sender, "" for <>
+	rcpts      []string
+	toChatmail bool   // some recipient is in a chatmail domain
+	fromLocal  bool   // the sender is a chatmail user
+	rcptReply  *Reply // sticky refusal of every recipient
+	rcptReason Reason
+
+	fields    []Field
+	hdrSize   int
+	counts    map[string]int // occurrences per canonical name
+	deletes   []HeaderRef
+	scope     bool // the rules apply
+	from      string
+	dkimCount int
+
+	judge  *pgpmime.Judge
+	verify *dkimstream.Verifying
+	sign   *dkimstream.Signing
+	err    error // internal failure while streaming
+}
+
+// Begin starts a transaction. auth is the SASL login ({auth_authen}), ""
+// for unauthenticated sessions; sender is the MAIL FROM address.
+func (e *Engine) Begin(auth, sender string) *Txn {
+	t := &Txn{e: e, auth: normalize(auth), sender: normalize(sender), counts: make(map[string]int)}
+	if auth != "" {
+		t.dir = Outgoing
+		t.fromLocal = e.mail.Serves(domainOf(t.auth)) || e.mail.Serves(domainOf(t.sender))
+	}
+	t.log = e.log.With("dir", t.dir.String())
+	return t
+}
+
+// Direction is the direction of the transaction.
+func (t *Txn) Direction() Direction { return t.dir }
+
+// Rcpt checks one recipient; nil means accept it.
+func (t *Txn) Rcpt(rcpt string) *Verdict {
+	if t.rcptReply != nil {
+		return &Verdict{Direction: t.dir, Reason: t.rcptReason, Reply: *t.rcptReply}
+	}
+	r := normalize(rcpt)
+	if t.fromLocal {
+		if len(t.rcpts) >= t.e.cfg.MaxRecipients {
+			// Only the excess recipients are refused; the client sends them
+			// in another transaction (RFC 5321 4.5.3.1.10).
+			return &Verdict{Direction: t.dir, Reason: ReasonTooManyRcpts, Reply: ReplyTooManyRcpts}
+		}
+		if len(t.rcpts) == 0 {
+			// Decided once per message, at the first RCPT, so that the
+			// client sees the refusal per recipient, as with the relay's
+			// SMTP proxy (and its tests).
+			switch {
+			case t.sender != t.auth:
+				t.refuseAll(ReasonBadSender, ReplyBadSender)
+			case !t.e.limiter.Allow(t.auth):
+				t.refuseAll(ReasonRateLimited, rateLimited(t.auth))
+			}
+			if t.rcptReply != nil {
+				t.log.Info("refused sender", "reason", t.rcptReason, logging.User(t.auth), logging.Addr(t.sender))
+				return &Verdict{Direction: t.dir, Reason: t.rcptReason, Reply: *t.rcptReply}
+			}
+		}
+	}
+	t.rcpts = append(t.rcpts, r)
+	if t.e.mail.Serves(domainOf(r)) {
+		t.toChatmail = true
+	}
+	return nil
+}
+
+func (t *Txn) refuseAll(reason Reason, r Reply) {
+	t.rcptReply, t.rcptReason = &r, reason
+}
+
+// Header records one header field as the MTA passes it: name, and the
+// value without the leading space.
+func (t *Txn) Header(name, value string) {
+	t.hdrSize += len(name) + len(value) + 4
+	if t.hdrSize > maxHeader {
+		return
+	}
+	name = textproto.CanonicalMIMEHeaderKey(name)
+	t.counts[name]++
+	t.fields = append(t.fields, Field{name, value})
+}
+
+// values returns the values of the fields called name (canonical form).
+func (t *Txn) values(name string) []string {
+	var v []string
+	for _, f := range t.fields {
+		if f.Name == name {
+			v = append(v, f.Value)
+		}
+	}
+	return v
+}
+
+// EndHeaders is called after the last field. A non-nil verdict is final.
+func (t *Txn) EndHeaders() *Verdict {
+	if t.hdrSize > maxHeader {
+		return t.final(ReasonHeaderSize, ReplyHeaderTooLarge)
+	}
+	t.scope = t.fromLocal || t.toChatmail
+	if !t.scope {
+		return t.final(ReasonNotChatmail, ReplyAccepted)
+	}
+	froms := t.values("From")
+	if len(froms) == 1 {
+		t.from = headerAddress(froms[0])
+	}
+	if t.fromLocal && (t.from == "" || t.from != t.auth || t.from != t.sender) {
+		t.log.Info("refused From", logging.User(t.auth), logging.Addr(t.from))
+		return t.final(ReasonBadFrom, ReplyBadFrom)
+	}
+	if t.dir == Incoming && t.from == "" {
+		return t.final(ReasonBadFrom, ReplyBadFrom)
+	}
+	t.judge = pgpmime.NewJudge(t.values("Content-Type"), t.values("Content-Transfer-Encoding"))
+	t.dkimCount = len(t.values("Dkim-Signature"))
+
+	var w []func(p []byte) (int, error)
+	if t.fromLocal {
+		names := make([]string, 0, len(t.fields))
+		seen := make(map[string]int)
+		for _, f := range t.fields {
+			seen[f.Name]++
+			if strip[f.Name] {
+				t.deletes = append(t.deletes, HeaderRef{f.Name, seen[f.Name]})
+				continue
+			}
+			names = append(names, f.Name)
+		}
+		// Delete the last occurrences first: removing one never shifts
+		// the index of an earlier one, whichever way the MTA counts.
+		for i, j := 0, len(t.deletes)-1; i < j; i, j = i+1, j-1 {
+			t.deletes[i], t.deletes[j] = t.deletes[j], t.deletes[i]
+		}
+		if key := t.e.keys[domainOf(t.from)]; key != nil {
+			s, err := dkimstream.Sign(key, names)
+			if err != nil {
+				t.err = err
+			} else {
+				t.sign = s
+				w = append(w, s.Write)
+			}
+		}
+	} else if t.dir == Incoming && t.e.lookup != nil && t.dkimCount > 0 && !isLiteral(domainOf(t.from)) && t.candidate() {
+		t.verify = dkimstream.Verify(t.e.lookup)
+		w = append(w, t.verify.Write)
+	}
+	for _, write := range w {
+		if err := writeHeader(write, t.fields, t.fromLocal); err != nil && t.err == nil {
+			t.err = err
+		}
+	}
+	return nil
+}
+
+// candidate reports whether the message may pass the cleartext rules, so
+// that DKIM verification (and its DNS queries) is only started for those.
+func (t *Txn) candidate() bool {
+	switch t.judge.MediaType() {
+	case "multipart/encrypted", "multipart/mixed", "multipart/report":
+		return true
+	}
+	return false
+}
+
+// writeHeader writes the header section as the fields were received;
+// with stripped set, without the fields that are going to be removed.
+func writeHeader(write func([]byte) (int, error), fields []Field, stripped bool) error {
+	var b strings.Builder
+	for _, f := range fields {
+		if stripped && strip[f.Name] {
+			continue
+		}
+		b.WriteString(f.Name)
+		b.WriteString(": ")
+		// Folded values come with bare LF from Postfix.
+		b.WriteString(strings.ReplaceAll(strings.ReplaceAll(f.Value, "\r\n", "\n"), "\n", "\r\n"))
+		b.WriteString("\r\n")
+	}
+	b.WriteString("\r\n")
+	_, err := write([]byte(b.String()))
+	return err
+}
+
+// Body streams one body chunk.
+func (t *Txn) Body(chunk []byte) {
+	if t.judge == nil {
+		return
+	}
+	t.judge.Write(chunk)
+	if t.sign != nil {
+		if _, err := t.sign.Write(chunk); err != nil && t.err == nil {
+			t.err = err
+		}
+	}
+	if t.verify != nil {
+		if _, err := t.verify.Write(chunk); err != nil && t.err == nil {
+			t.err = err
+		}
+	}
+}
+
+// Size is the number of body bytes seen.
+func (t *Txn) Size() int64 {
+	if t.judge == nil {
+		return 0
+	}
+	return t.judge.Size()
+}
+
+// End decides on the message.
+func (t *Txn) End(ctx context.Context) *Verdict {
+	if t.judge == nil {
+		// EndHeaders was skipped (the MTA had no header fields to send).
+		if v := t.EndHeaders(); v != nil {
+			return v
+		}
+	}
+	if t.err != nil {
+		t.log.Error("internal failure", "err", t.err)
+		return t.final(ReasonInternal, ReplyInternal)
+	}
+	res := t.judge.Close()
+	reason, ok := t.classify(res)
+	if !ok {
+		t.log.Info(t.phrase("Filtering unencrypted mail."))
+		t.log.Info("Rejected unencrypted mail", "why", res.Encrypted, logging.Addr(t.from))
+		return t.final(ReasonCleartext, ReplyCleartext)
+	}
+	if reason == ReasonEncrypted {
+		t.log.Info(t.phrase("Filtering encrypted mail."))
+	} else {
+		t.log.Info("cleartext exception", "reason", reason, logging.Addr(t.from))
+	}
+	if t.dir == Incoming && !isLiteral(domainOf(t.from)) && t.e.lookup != nil {
+		if v := t.checkDKIM(ctx); v != nil {
+			return v
+		}
+	}
+	v := t.final(reason, ReplyAccepted)
+	if t.fromLocal {
+		v.Delete = t.deletes
+		if t.sign != nil {
+			sig, err := t.sign.Finish()
+			t.sign = nil
+			if err != nil {
+				t.log.Error("dkim signing failed", "err", err)
+				return t.final(ReasonInternal, ReplyInternal)
+			}
+			v.Add = []Field{{"DKIM-Signature", sig}}
+		}
+	}
+	return v
+}
+
+// phrase prefixes a log message the way the relay's mtail rules expect.
+func (t *Txn) phrase(s string) string {
+	if t.dir == Outgoing {
+		return "Outgoing: " + s
+	}
+	return "Incoming: " + s
+}
+
+// classify applies the encryption rule and its exceptions.
+func (t *Txn) classify(res pgpmime.Result) (Reason, bool) {
+	if res.Encrypted == nil {
+		return ReasonEncrypted, true
+	}
+	if t.secureJoin(res) {
+		return ReasonSecureJoin, true
+	}
+	if t.fromLocal && t.setupMessage(res) {
+		return ReasonSetupMessage, true
+	}
+	if t.dir == Incoming && t.bounce(res) {
+		return ReasonBounce, true
+	}
+	return "", false
+}
+
+func (t *Txn) secureJoin(res pgpmime.Result) bool {
+	sj := t.values("Secure-Join")
+	if len(sj) != 1 || (sj[0] != "vc-request" && sj[0] != "vg-request") {
+		return false
+	}
+	return res.MediaType == "multipart/mixed" && strings.ToLower(res.SoleText) == "secure-join: "+sj[0]
+}
+
+func (t *Txn) setupMessage(res pgpmime.Result) bool {
+	subj, asm := t.values("Subject"), t.values("Autocrypt-Setup-Message")
+	if len(subj) != 1 || subj[0] != "Autocrypt Setup Message" || len(asm) != 1 || strings.TrimSpace(asm[0]) != "v1" {
+		return false
+	}
+	if res.MediaType != "multipart/mixed" || len(t.rcpts) == 0 {
+		return false
+	}
+	for _, r := range t.rcpts {
+		if r != t.auth {
+			return false
+		}
+	}
+	return true
+}
+
+func (t *Txn) bounce(res pgpmime.Result) bool {
+	local, _, _ := strings.Cut(t.from, "@")
+	if !strings.EqualFold(local, "mailer-daemon") || t.sender != "" {
+		return false
+	}
+	as := t.values("Auto-Submitted")
+	if len(as) != 1 {
+		return false
+	}
+	kw, _, _ := strings.Cut(as[0], ";")
+	kw = strings.ToLower(strings.TrimSpace(kw))
+	if kw == "" || kw == "no" {
+		return false
+	}
+	return res.MediaType == "multipart/report" && strings.EqualFold(res.Params["report-type"], "delivery-status")
+}
+
+// checkDKIM requires an aligned valid signature; nil means it passed.
+func (t *Txn) checkDKIM(ctx context.Context) *Verdict {
+	if t.dkimCount == 0 {
+		return t.final(ReasonDKIMUnsigned, ReplyUnsigned)
+	}
+	out, err := t.verify.Result(ctx, domainOf(t.from))
+	t.verify = nil
+	if err != nil {
+		t.log.Warn("dkim verification failed", "err", err)
+	}
+	switch out {
+	case dkimstream.Pass:
+		return nil
+	case dkimstream.Unsigned:
+		return t.final(ReasonDKIMUnsigned, ReplyUnsigned)
+	case dkimstream.Invalid:
+		return t.final(ReasonDKIMInvalid, ReplyInvalidSig)
+	case dkimstream.Unaligned:
+		return t.final(ReasonDKIMUnaligned, ReplyUnaligned)
+	}
+	return t.final(ReasonDKIMTempFail, ReplyDKIMTempFail)
+}
+
+func (t *Txn) final(reason Reason, r Reply) *Verdict {
+	return &Verdict{Direction: t.dir, Reason: reason, Reply: r}
+}
+
+// Close releases what an unfinished transaction holds.
+func (t *Txn) Close() {
+	if t.sign != nil {
+		t.sign.Abort()
+		t.sign = nil
+	}
+	if t.verify != nil {
+		t.verify.Abort()
+		t.verify = nil
+	}
+}
+
+// With adds attributes to the transaction's log lines.
+func (t *Txn) With(attrs ...any) { t.log = t.log.With(attrs...) }

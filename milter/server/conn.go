@@ -1,0 +1,160 @@
+package server
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+)
+
+// listener registers every accepted connection with the server.
+type listener struct {
+	net.Listener
+	s *Server
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	w := &conn{Conn: c, s: l.s}
+	l.s.mu.Lock()
+	l.s.conns[w] = struct{}{}
+	l.s.wg.Add(1)
+	l.s.mu.Unlock()
+	l.s.metrics.Sessions.Inc()
+	return w, nil
+}
+
+// conn follows the milter packets going through it to know whether a
+// message is in progress, since go-milter offers no hook for that: a MAIL
+// command starts one, an abort or a final answer ends it. A draining
+// server ends the session at the first read outside a message.
+type conn struct {
+	net.Conn
+	s *Server
+
+	mu      sync.Mutex
+	busy    bool
+	lastCmd byte
+	in, out packetScanner
+	closed  bool
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	for {
+		if c.s.isDraining() && !c.isBusy() {
+			return 0, io.EOF
+		}
+		n, err := c.Conn.Read(p)
+		c.mu.Lock()
+		c.in.scan(p[:n], func(code byte) {
+			c.lastCmd = code
+			switch code {
+			case 'M':
+				c.busy = true
+			case 'A', 'Q':
+				c.busy = false
+			}
+		})
+		c.mu.Unlock()
+		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) && c.s.isDraining() {
+			if c.isBusy() {
+				// Woken while a message is in progress: keep serving it.
+				_ = c.Conn.SetReadDeadline(time.Time{})
+				continue
+			}
+			return 0, io.EOF
+		}
+		return n, err
+	}
+}
+
+func (c *conn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.mu.Lock()
+	c.out.scan(p[:n], func(code byte) {
+		switch code {
+		case 'c', '+', '-', 'b', 'h', 'm', 'i', 'q', 'e', 'O':
+			// continue, modifications and negotiation are not answers
+		case 'y':
+			if c.lastCmd != 'R' { // a refused recipient does not end the message
+				c.busy = false
+			}
+		default:
+			c.busy = false
+		}
+	})
+	busy := c.busy
+	c.mu.Unlock()
+	if !busy && c.s.isDraining() {
+		c.wake()
+	}
+	return n, err
+}
+
+func (c *conn) isBusy() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.busy
+}
+
+// wake interrupts a blocked Read so that it can see the server draining.
+func (c *conn) wake() { _ = c.Conn.SetReadDeadline(time.Now()) }
+
+func (c *conn) Close() error {
+	c.mu.Lock()
+	first := !c.closed
+	c.closed = true
+	c.mu.Unlock()
+	err := c.Conn.Close()
+	if first {
+		c.s.mu.Lock()
+		delete(c.s.conns, c)
+		c.s.mu.Unlock()
+		c.s.metrics.Sessions.Dec()
+		c.s.wg.Done()
+	}
+	return err
+}
+
+// packetScanner finds the code byte of each milter packet (a 4-byte
+// length, then the code, then the data) in a byte stream.
+type packetScanner struct {
+	hdr  [4]byte
+	hn   int
+	skip uint32 // data bytes left in the current packet
+	code bool   // next byte is a code
+}
+
+func (s *packetScanner) scan(p []byte, fn func(code byte)) {
+	for len(p) > 0 {
+		switch {
+		case s.code:
+			fn(p[0])
+			s.code = false
+			p = p[1:]
+		case s.skip > 0:
+			n := uint32(len(p))
+			if n > s.skip {
+				n = s.skip
+			}
+			s.skip -= n
+			p = p[n:]
+		default:
+			s.hdr[s.hn] = p[0]
+			s.hn++
+			p = p[1:]
+			if s.hn == 4 {
+				s.hn = 0
+				l := uint32(s.hdr[0])<<24 | uint32(s.hdr[1])<<16 | uint32(s.hdr[2])<<8 | uint32(s.hdr[3])
+				if l > 0 {
+					s.code, s.skip = true, l-1
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,49 @@
+package server
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"chatmail.dev/milter/policy"
+	"chatmail.dev/sidecar/metrics"
+)
+
+// Metrics are the milter's own series. No label names a user, an address
+// or a peer.
+type Metrics struct {
+	Verdicts *prometheus.CounterVec
+	Latency  *prometheus.HistogramVec
+	Size     prometheus.Histogram
+	Sessions prometheus.Gauge
+}
+
+// NewMetrics registers the series on reg, every label value at zero.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Verdicts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chatmail_milter_verdicts_total",
+			Help: "Decisions on messages by direction and reason; a refusal at RCPT counts once per message.",
+		}, []string{"direction", "reason"}),
+		Latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "chatmail_milter_decision_duration_seconds",
+			Help:    "Time from the end of the message to the milter's answer, DKIM lookups included.",
+			Buckets: metrics.LatencyBuckets,
+		}, []string{"direction"}),
+		Size: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "chatmail_milter_message_size_bytes",
+			Help:    "Body size of the messages judged.",
+			Buckets: prometheus.ExponentialBuckets(1024, 4, 10), // 1 KiB to 256 MiB
+		}),
+		Sessions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "chatmail_milter_active_sessions",
+			Help: "Milter connections from the MTA currently open.",
+		}),
+	}
+	reg.MustRegister(m.Verdicts, m.Latency, m.Size, m.Sessions)
+	for d, reasons := range policy.Reasons {
+		m.Latency.WithLabelValues(d.String())
+		for _, r := range reasons {
+			m.Verdicts.WithLabelValues(d.String(), string(r))
+		}
+	}
+	return m
+}

@@ -1,0 +1,292 @@
+// Package server runs the policy as a Postfix milter (emersion/go-milter),
+// tracks sessions so that a shutdown can let messages in progress finish,
+// and exports metrics.
+//
+// Postfix wiring (main.cf, or -o per smtpd service in master.cf):
+//
+//	smtpd_milters = unix:chatmail-milter/milter.sock   # relative to the chroot, or inet:127.0.0.1:PORT
+//	milter_default_action = tempfail                   # the default: never pass mail unfiltered
+//	milter_mail_macros = i {auth_type} {auth_authen} {auth_author} {mail_addr}
+//
+// The milter needs {auth_authen} with MAIL FROM (Postfix's default
+// milter_mail_macros include it); it tells submissions (outgoing) from
+// incoming mail.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/textproto"
+	"os"
+	"os/user"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-milter"
+
+	"chatmail.dev/milter/policy"
+	"chatmail.dev/sidecar/config"
+	"chatmail.dev/sidecar/logging"
+)
+
+// Server serves the milter protocol.
+type Server struct {
+	engine  *policy.Engine
+	log     *slog.Logger
+	metrics *Metrics
+	// EndTimeout bounds the end-of-message decision (DKIM key lookups).
+	EndTimeout time.Duration
+
+	mu       sync.Mutex
+	conns    map[*conn]struct{}
+	draining bool
+	wg       sync.WaitGroup
+}
+
+// New returns a server deciding with engine.
+func New(engine *policy.Engine, log *slog.Logger, m *Metrics) *Server {
+	return &Server{engine: engine, log: log, metrics: m, EndTimeout: 30 * time.Second, conns: make(map[*conn]struct{})}
+}
+
+// Serve accepts milter connections on ln until ctx ends, then stops
+// accepting, closes idle sessions and waits for sessions with a message in
+// progress to answer it.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	ms := &milter.Server{
+		NewMilter: func() milter.Milter { return &backend{s: s} },
+		Actions:   milter.OptAddHeader | milter.OptChangeHeader,
+		Protocol:  milter.OptNoConnect | milter.OptNoHelo,
+	}
+	tl := &listener{Listener: ln, s: s}
+	errc := make(chan error, 1)
+	go func() { errc <- ms.Serve(tl) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("milter listener: %w", err)
+	case <-ctx.Done():
+	}
+	_ = tl.Close() // Serve returns with the Accept error, expected now
+	<-errc
+	s.drain()
+	s.wg.Wait()
+	return nil
+}
+
+// drain marks the server as stopping and wakes idle sessions up so they
+// end; busy ones end after answering their message.
+func (s *Server) drain() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.draining = true
+	for c := range s.conns {
+		c.wake()
+	}
+}
+
+func (s *Server) isDraining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
+}
+
+// Listen opens the listener for a [milter] listen address. For a unix
+// socket it removes a stale socket first and sets mode and group.
+func Listen(cfg *policy.Config) (net.Listener, error) {
+	network, addr, err := policy.ParseListen(cfg.Listen)
+	if err != nil {
+		return nil, &config.Error{Key: "milter.listen", Msg: err.Error()}
+	}
+	if network == "unix" {
+		if fi, err := os.Lstat(addr); err == nil {
+			if fi.Mode()&os.ModeSocket == 0 {
+				return nil, fmt.Errorf("%s exists and is not a socket", addr)
+			}
+			if err := os.Remove(addr); err != nil {
+				return nil, fmt.Errorf("remove stale socket: %w", err)
+			}
+		}
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	if network == "unix" {
+		if err := os.Chmod(addr, os.FileMode(cfg.SocketMode)); err != nil {
+			ln.Close()
+			return nil, err
+		}
+		if cfg.SocketGroup != "" {
+			g, err := user.LookupGroup(cfg.SocketGroup)
+			if err != nil {
+				ln.Close()
+				return nil, &config.Error{Key: "milter.socket_group", Msg: err.Error()}
+			}
+			gid, _ := strconv.Atoi(g.Gid)
+			if err := os.Chown(addr, -1, gid); err != nil {
+				ln.Close()
+				return nil, err
+			}
+		}
+	}
+	return ln, nil
+}
+
+// backend handles the callbacks of one message. go-milter makes a new one
+// after each final answer, so it holds nothing beyond the message.
+type backend struct {
+	s       *Server
+	txn     *policy.Txn
+	counted bool // a verdict for this message was counted
+	queueID string
+}
+
+func (b *backend) count(v *policy.Verdict) {
+	if !b.counted {
+		b.counted = true
+		b.s.metrics.Verdicts.WithLabelValues(v.Direction.String(), string(v.Reason)).Inc()
+	}
+}
+
+// reply turns a refusal into the milter response carrying the SMTP reply.
+func reply(r policy.Reply) milter.Response {
+	return milter.NewResponseStr(byte(milter.ActReplyCode), r.String())
+}
+
+// guard turns a panic in a callback into a temporary failure.
+func (b *backend) guard(resp *milter.Response, err *error) {
+	if p := recover(); p != nil {
+		b.s.log.Error("panic in milter callback", "panic", p)
+		dir := policy.Incoming
+		if b.txn != nil {
+			dir = b.txn.Direction()
+			b.txn.Close()
+			b.txn = nil
+		}
+		b.count(&policy.Verdict{Direction: dir, Reason: policy.ReasonInternal})
+		*resp, *err = reply(policy.ReplyInternal), nil
+	}
+}
+
+func (b *backend) Connect(string, string, uint16, net.IP, *milter.Modifier) (milter.Response, error) {
+	return milter.RespContinue, nil
+}
+
+func (b *backend) Helo(string, *milter.Modifier) (milter.Response, error) {
+	return milter.RespContinue, nil
+}
+
+func (b *backend) MailFrom(from string, m *milter.Modifier) (resp milter.Response, err error) {
+	defer b.guard(&resp, &err)
+	if b.txn != nil {
+		b.txn.Close()
+	}
+	b.counted = false
+	b.queueID = m.Macros["i"]
+	b.txn = b.s.engine.Begin(m.Macros["{auth_authen}"], from)
+	if b.queueID != "" {
+		b.txn.With(logging.MsgID(b.queueID))
+	}
+	return milter.RespContinue, nil
+}
+
+func (b *backend) RcptTo(rcpt string, m *milter.Modifier) (resp milter.Response, err error) {
+	defer b.guard(&resp, &err)
+	if b.txn == nil {
+		return nil, errors.New("RCPT before MAIL")
+	}
+	if v := b.txn.Rcpt(rcpt); v != nil {
+		b.count(v)
+		return reply(v.Reply), nil
+	}
+	return milter.RespContinue, nil
+}
+
+func (b *backend) Header(name, value string, m *milter.Modifier) (resp milter.Response, err error) {
+	defer b.guard(&resp, &err)
+	if b.txn == nil {
+		return nil, errors.New("header before MAIL")
+	}
+	b.txn.Header(name, value)
+	return milter.RespContinue, nil
+}
+
+func (b *backend) Headers(textproto.MIMEHeader, *milter.Modifier) (resp milter.Response, err error) {
+	defer b.guard(&resp, &err)
+	if b.txn == nil {
+		return nil, errors.New("end of header before MAIL")
+	}
+	if v := b.txn.EndHeaders(); v != nil {
+		return b.final(v, nil)
+	}
+	return milter.RespContinue, nil
+}
+
+func (b *backend) BodyChunk(chunk []byte, m *milter.Modifier) (resp milter.Response, err error) {
+	defer b.guard(&resp, &err)
+	if b.txn == nil {
+		return nil, errors.New("body before MAIL")
+	}
+	b.txn.Body(chunk)
+	return milter.RespContinue, nil
+}
+
+func (b *backend) Body(m *milter.Modifier) (resp milter.Response, err error) {
+	defer b.guard(&resp, &err)
+	if b.txn == nil {
+		return nil, errors.New("end of body before MAIL")
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), b.s.EndTimeout)
+	defer cancel()
+	v := b.txn.End(ctx)
+	b.s.metrics.Size.Observe(float64(b.txn.Size()))
+	resp, err = b.final(v, m)
+	b.s.metrics.Latency.WithLabelValues(v.Direction.String()).Observe(time.Since(start).Seconds())
+	return resp, err
+}
+
+// final answers a decision on the whole message, applying its changes.
+func (b *backend) final(v *policy.Verdict, m *milter.Modifier) (milter.Response, error) {
+	defer func() {
+		b.txn.Close()
+		b.txn = nil
+	}()
+	if v.Reply.Accepted() && m != nil {
+		if err := apply(v, m); err != nil {
+			b.s.log.Error("cannot modify message", "err", err)
+			v = &policy.Verdict{Direction: v.Direction, Reason: policy.ReasonInternal, Reply: policy.ReplyInternal}
+		}
+	}
+	b.count(v)
+	if v.Reply.Accepted() {
+		return milter.RespAccept, nil
+	}
+	return reply(v.Reply), nil
+}
+
+func apply(v *policy.Verdict, m *milter.Modifier) error {
+	for _, d := range v.Delete {
+		// An empty value deletes the field (SMFIR_CHGHEADER).
+		if err := m.ChangeHeader(d.Index, d.Name, ""); err != nil {
+			return err
+		}
+	}
+	for _, f := range v.Add {
+		if err := m.AddHeader(f.Name, f.Value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *backend) Abort(*milter.Modifier) error {
+	if b.txn != nil {
+		b.txn.Close()
+		b.txn = nil
+	}
+	return nil
+}

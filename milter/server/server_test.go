@@ -1,0 +1,255 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-milter"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"chatmail.dev/milter/policy"
+	"chatmail.dev/sidecar/config"
+)
+
+type harness struct {
+	sock   string
+	reg    *prometheus.Registry
+	m      *Metrics
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func start(t *testing.T, edit func(*policy.Config)) *harness {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "m") // short: unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := policy.Defaults()
+	cfg.VerifyDKIM = false
+	cfg.Listen = "unix:" + filepath.Join(dir, "s")
+	if edit != nil {
+		edit(&cfg)
+	}
+	common := config.Defaults()
+	common.Mail.Domains = []string{"chat.example"}
+	log := slog.New(slog.DiscardHandler)
+	engine, err := policy.NewEngine(&common, &cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A stale socket from a crash is replaced.
+	if err := os.WriteFile(filepath.Join(dir, "x"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := Listen(&cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "s")); err != nil || fi.Mode().Perm() != 0o660 {
+		t.Fatalf("socket mode: %v %v", fi.Mode(), err)
+	}
+	h := &harness{sock: filepath.Join(dir, "s"), reg: prometheus.NewRegistry(), done: make(chan error, 1)}
+	h.m = NewMetrics(h.reg)
+	s := New(engine, log, h.m)
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	go func() { h.done <- s.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		<-h.done
+	})
+	return h
+}
+
+func (h *harness) session(t *testing.T) *milter.ClientSession {
+	t.Helper()
+	c := milter.NewClientWithOptions("unix", h.sock, milter.ClientOptions{
+		ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
+		ActionMask: milter.OptAddHeader | milter.OptChangeHeader,
+	})
+	s, err := c.Session()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// begin sends MAIL (with the SASL login, if any) and RCPTs.
+func begin(t *testing.T, s *milter.ClientSession, auth, from string, rcpts ...string) *milter.Action {
+	t.Helper()
+	if auth != "" {
+		if err := s.Macros(milter.CodeMail, "{auth_authen}", auth, "i", "4Fq1x2"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	act, err := s.Mail("<"+from+">", nil)
+	if err != nil || act.Code != milter.ActContinue {
+		t.Fatalf("MAIL: %+v %v", act, err)
+	}
+	for _, r := range rcpts {
+		act, err := s.Rcpt("<"+r+">", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if act.Code != milter.ActContinue {
+			return act
+		}
+	}
+	return nil
+}
+
+// message sends header fields and body as Postfix would.
+func message(t *testing.T, s *milter.ClientSession, raw []byte) ([]milter.ModifyAction, *milter.Action) {
+	t.Helper()
+	i := bytes.Index(raw, []byte("\r\n\r\n"))
+	for _, l := range strings.Split(strings.ReplaceAll(string(raw[:i]), "\r\n\t", "\n\t"), "\r\n") {
+		name, value, _ := strings.Cut(l, ":")
+		act, err := s.HeaderField(name, strings.TrimPrefix(value, " "))
+		if err != nil || act.Code != milter.ActContinue {
+			t.Fatalf("header: %+v %v", act, err)
+		}
+	}
+	act, err := s.HeaderEnd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if act.Code != milter.ActContinue {
+		return nil, act
+	}
+	mods, act, err := s.BodyReadFrom(bytes.NewReader(raw[i+4:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mods, act
+}
+
+func fixture(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("../testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestMilter(t *testing.T) {
+	h := start(t, func(c *policy.Config) { c.RateBurst = 2 })
+	s := h.session(t)
+	defer s.Close()
+
+	// Outgoing encrypted: accepted, client headers stripped.
+	if act := begin(t, s, "alice@chat.example", "alice@chat.example", "carol@other.example"); act != nil {
+		t.Fatalf("RCPT: %+v", act)
+	}
+	raw := append([]byte("Received: from [203.0.113.9]\r\nX-Mailer: Foo\r\n"), fixture(t, "enc-v4.eml")...)
+	mods, act := message(t, s, raw)
+	if act.Code != milter.ActAccept {
+		t.Fatalf("encrypted: %+v", act)
+	}
+	deleted := map[string]bool{}
+	for _, m := range mods {
+		if m.Code == milter.ActChangeHeader && m.HeaderValue == "" {
+			deleted[m.HeaderName] = true
+		}
+	}
+	if !deleted["Received"] || !deleted["X-Mailer"] || len(mods) != 2 {
+		t.Fatalf("modifications: %+v", mods)
+	}
+
+	// Outgoing cleartext on the same connection: 523.
+	begin(t, s, "alice@chat.example", "alice@chat.example", "carol@other.example")
+	_, act = message(t, s, fixture(t, "neg-plain.eml"))
+	if act.Code != milter.ActReplyCode || act.SMTPCode != 523 || !strings.Contains(act.SMTPText, "Invalid Unencrypted Mail") {
+		t.Fatalf("cleartext: %+v", act)
+	}
+
+	// Third message: over the burst of 2, refused at RCPT with 450.
+	act = begin(t, s, "alice@chat.example", "alice@chat.example", "carol@other.example")
+	if act == nil || act.SMTPCode != 450 || !strings.HasPrefix(act.SMTPText, "4.7.1 ") {
+		t.Fatalf("rate limit: %+v", act)
+	}
+	if err := s.Abort(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Incoming to a chatmail user: From forged is no issue, cleartext is.
+	s2 := h.session(t)
+	defer s2.Close()
+	begin(t, s2, "", "carol@other.example", "bob@chat.example")
+	_, act = message(t, s2, fixture(t, "neg-plain.eml"))
+	if act.SMTPCode != 523 {
+		t.Fatalf("incoming cleartext: %+v", act)
+	}
+
+	for _, c := range []struct {
+		dir, reason string
+		want        float64
+	}{{"out", "encrypted", 1}, {"out", "cleartext", 1}, {"out", "rate_limited", 1}, {"in", "cleartext", 1}, {"in", "bounce", 0}} {
+		got := testutil.ToFloat64(h.m.Verdicts.WithLabelValues(c.dir, c.reason))
+		if got != c.want {
+			t.Errorf("verdicts{%s,%s} = %v, want %v", c.dir, c.reason, got, c.want)
+		}
+	}
+}
+
+func TestMetricsLint(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	NewMetrics(reg)
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+	n, err := testutil.GatherAndCount(reg, "chatmail_milter_verdicts_total")
+	if err != nil || n != len(policy.Reasons[policy.Incoming])+len(policy.Reasons[policy.Outgoing]) {
+		t.Fatalf("pre-created series: %d %v", n, err)
+	}
+}
+
+// TestDrain checks that a shutdown waits for a message in progress,
+// answers it, and closes idle sessions right away.
+func TestDrain(t *testing.T) {
+	h := start(t, nil)
+	idle := h.session(t)
+	defer idle.Close()
+	busy := h.session(t)
+	defer busy.Close()
+	begin(t, busy, "alice@chat.example", "alice@chat.example", "carol@other.example")
+	time.Sleep(50 * time.Millisecond) // let the server read MAIL
+	h.cancel()
+	select {
+	case err := <-h.done:
+		t.Fatalf("Serve returned with a message in progress: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	// New connections are refused.
+	if c, err := net.Dial("unix", h.sock); err == nil {
+		c.Close()
+		t.Fatal("still accepting")
+	}
+	_, act := message(t, busy, fixture(t, "enc-v6.eml"))
+	if act.Code != milter.ActAccept {
+		t.Fatalf("in-flight message: %+v", act)
+	}
+	select {
+	case err := <-h.done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return after the last message")
+	}
+	h.done <- nil // for the cleanup
+}
