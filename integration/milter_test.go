@@ -1,7 +1,11 @@
 package integration
 
 import (
+	"bytes"
+	"crypto"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
@@ -115,7 +120,9 @@ func TestMilterSubmission(t *testing.T) {
 
 	accepted := []string{"enc-v4.eml", "enc-v6.eml", "enc-skesk-v6.eml", "securejoin-vc.eml"}
 	for _, name := range accepted {
-		if err := submit(s, alice, goodPassword, bob, fixture(t, name, alice, bob)); err != nil {
+		// Headers that describe the sender's device must not travel.
+		msg := "User-Agent: LeakyClient/1.0\nX-Mailer: LeakyClient\nX-Originating-IP: [192.0.2.7]\n" + fixture(t, name, alice, bob)
+		if err := submit(s, alice, goodPassword, bob, msg); err != nil {
 			t.Errorf("%s at submission: %v, want accepted", name, err)
 		}
 	}
@@ -132,7 +139,7 @@ func TestMilterSubmission(t *testing.T) {
 		if contains(string(b), "DKIM-Signature:") {
 			signed++
 		}
-		if contains(string(b), "User-Agent:") || contains(string(b), "X-Mailer:") {
+		if contains(string(b), "LeakyClient") || contains(string(b), "192.0.2.7") || contains(string(b), "127.0.0.1") {
 			t.Errorf("%s still names the sender's client", f)
 		}
 	}
@@ -159,6 +166,60 @@ func TestMilterMX(t *testing.T) {
 	}
 	if n := maildirCount(s, bob); n != 0 {
 		t.Errorf("rejected MX mail reached the recipient (%d files)", n)
+	}
+
+	// Signed by the sending domain, with both canonicalizations: accepted.
+	copyFile(t, filepath.Join(s.Env["DKIM_KEYS_DIR"], "chatmail._domainkey."+s.Domain), filepath.Join(s.Env["DKIM_KEYS_DIR"], "chatmail._domainkey.elsewhere.test"))
+	for _, c := range []dkim.Canonicalization{dkim.CanonicalizationSimple, dkim.CanonicalizationRelaxed} {
+		msg := dkimSign(t, s, fixture(t, "enc-v6.eml", from, bob), "elsewhere.test", c)
+		if err := deliverMX(s, from, bob, msg); err != nil {
+			t.Errorf("DKIM-signed (%s) encrypted mail at MX: %v, want accepted", c, err)
+		}
+		// Cleartext is refused even when properly signed.
+		msg = dkimSign(t, s, fixture(t, "neg-plain.eml", from, bob), "elsewhere.test", c)
+		if code, text := smtpCode(deliverMX(s, from, bob, msg)); code != 523 {
+			t.Errorf("signed cleartext at MX: %d %s, want 523", code, text)
+		}
+	}
+	eventually(t, 15*time.Second, func() error {
+		if n := maildirCount(s, bob); n != 2 {
+			return fmt.Errorf("recipient holds %d messages, want 2", n)
+		}
+		return nil
+	})
+}
+
+// dkimSign signs msg for domain with the stack's own DKIM key, as another
+// server with that key would.
+func dkimSign(t *testing.T, s *stack.Stack, msg, domain string, c dkim.Canonicalization) string {
+	t.Helper()
+	pemBytes, err := os.ReadFile(filepath.Join(s.Dir, "etc", "dkim.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(pemBytes)
+	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crlf := strings.ReplaceAll(strings.ReplaceAll(msg, "\r\n", "\n"), "\n", "\r\n")
+	var out bytes.Buffer
+	err = dkim.Sign(&out, strings.NewReader(crlf), &dkim.SignOptions{Domain: domain, Selector: "chatmail", Signer: key.(crypto.Signer),
+		HeaderCanonicalization: c, BodyCanonicalization: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.String()
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -102,7 +102,12 @@ var Reasons = map[Direction][]Reason{
 }
 
 // Field is a header field.
-type Field struct{ Name, Value string }
+type Field struct {
+	Name, Value string
+	// Raw is the name as written; DKIM's simple canonicalization signs the
+	// exact bytes, so the header is rebuilt with it. Empty means Name.
+	Raw string
+}
 
 // HeaderRef names the Index-th (from 1) field called Name.
 type HeaderRef struct {
@@ -259,9 +264,9 @@ func (t *Txn) Header(name, value string) {
 	if t.hdrSize > maxHeader {
 		return
 	}
-	name = textproto.CanonicalMIMEHeaderKey(name)
-	t.counts[name]++
-	t.fields = append(t.fields, Field{name, value})
+	canon := textproto.CanonicalMIMEHeaderKey(name)
+	t.counts[canon]++
+	t.fields = append(t.fields, Field{Name: canon, Value: value, Raw: name})
 }
 
 // values returns the values of the fields called name (canonical form).
@@ -354,7 +359,11 @@ func writeHeader(write func([]byte) (int, error), fields []Field, stripped bool)
 		if stripped && strip[f.Name] {
 			continue
 		}
-		b.WriteString(f.Name)
+		if f.Raw != "" {
+			b.WriteString(f.Raw)
+		} else {
+			b.WriteString(f.Name)
+		}
 		b.WriteString(": ")
 		// Folded values come with bare LF from Postfix.
 		b.WriteString(strings.ReplaceAll(strings.ReplaceAll(f.Value, "\r\n", "\n"), "\n", "\r\n"))
@@ -430,7 +439,7 @@ func (t *Txn) End(ctx context.Context) *Verdict {
 				t.log.Error("dkim signing failed", "err", err)
 				return t.final(ReasonInternal, ReplyInternal)
 			}
-			v.Add = []Field{{"DKIM-Signature", sig}}
+			v.Add = []Field{{Name: "DKIM-Signature", Value: sig}}
 		}
 	}
 	return v

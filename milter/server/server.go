@@ -20,9 +20,6 @@ import (
 	"log/slog"
 	"net"
 	"net/textproto"
-	"os"
-	"os/user"
-	"strconv"
 	"sync"
 	"time"
 
@@ -31,6 +28,7 @@ import (
 	"chatmail.dev/milter/policy"
 	"chatmail.dev/sidecar/config"
 	"chatmail.dev/sidecar/logging"
+	"chatmail.dev/sidecar/unixsock"
 )
 
 // Server serves the milter protocol.
@@ -101,38 +99,9 @@ func Listen(cfg *policy.Config) (net.Listener, error) {
 		return nil, &config.Error{Key: "milter.listen", Msg: err.Error()}
 	}
 	if network == "unix" {
-		if fi, err := os.Lstat(addr); err == nil {
-			if fi.Mode()&os.ModeSocket == 0 {
-				return nil, fmt.Errorf("%s exists and is not a socket", addr)
-			}
-			if err := os.Remove(addr); err != nil {
-				return nil, fmt.Errorf("remove stale socket: %w", err)
-			}
-		}
+		return unixsock.Listen(addr, uint32(cfg.SocketMode), cfg.SocketGroup)
 	}
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		return nil, err
-	}
-	if network == "unix" {
-		if err := os.Chmod(addr, os.FileMode(cfg.SocketMode)); err != nil {
-			ln.Close()
-			return nil, err
-		}
-		if cfg.SocketGroup != "" {
-			g, err := user.LookupGroup(cfg.SocketGroup)
-			if err != nil {
-				ln.Close()
-				return nil, &config.Error{Key: "milter.socket_group", Msg: err.Error()}
-			}
-			gid, _ := strconv.Atoi(g.Gid)
-			if err := os.Chown(addr, -1, gid); err != nil {
-				ln.Close()
-				return nil, err
-			}
-		}
-	}
-	return ln, nil
+	return net.Listen(network, addr)
 }
 
 // backend handles the callbacks of one message. go-milter makes a new one

@@ -5,10 +5,15 @@
 //
 //	chatmail-bench dict -socket PATH -user ADDR [-kind userdb|passdb -pass PW] [-n N] [-c CONC]
 //	chatmail-bench imap -addr HOST:PORT -user ADDR -pass PW [-n N] [-c CONC]
+//	chatmail-bench smtp -addr HOST:PORT -from ADDR -user ADDR -msg FILE [-dkim-key PEM -dkim-selector S] [-n N] [-c CONC]
 package main
 
 import (
 	"bufio"
+	"bytes"
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"net"
@@ -18,6 +23,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/emersion/go-msgauth/dkim"
+	"github.com/emersion/go-smtp"
 )
 
 func main() {
@@ -32,6 +40,10 @@ func main() {
 	addr := fs.String("addr", "", "IMAP host:port")
 	user := fs.String("user", "", "account")
 	pass := fs.String("pass", "", "password")
+	from := fs.String("from", "", "envelope sender (smtp)")
+	msgFile := fs.String("msg", "", "message file (smtp)")
+	dkimKey := fs.String("dkim-key", "", "sign the message once with this PEM key (smtp)")
+	dkimSelector := fs.String("dkim-selector", "", "DKIM selector (smtp)")
 	kind := fs.String("kind", "userdb", "dict lookup: userdb or passdb (passdb asks PostgreSQL every time)")
 	fs.Parse(os.Args[2:])
 
@@ -47,6 +59,13 @@ func main() {
 	case "imap":
 		req := fmt.Sprintf("a LOGIN %s %s\r\nb LOGOUT\r\n", *user, *pass)
 		op = func() error { return imapLogin(*addr, req) }
+	case "smtp":
+		msg, err := loadMessage(*msgFile, *from, *dkimKey, *dkimSelector)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		op = func() error { return smtpSend(*addr, *from, *user, msg) }
 	default:
 		fmt.Fprintln(os.Stderr, "unknown benchmark", os.Args[1])
 		os.Exit(2)
@@ -137,4 +156,48 @@ func imapLogin(addr, req string) error {
 			return nil
 		}
 	}
+}
+
+// loadMessage reads a message, normalizes it to CRLF and, given a key, signs
+// it once the way the sending server would.
+func loadMessage(path, from, keyFile, selector string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	msg := []byte(strings.ReplaceAll(strings.ReplaceAll(string(b), "\r\n", "\n"), "\n", "\r\n"))
+	if keyFile == "" {
+		return msg, nil
+	}
+	pemBytes, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, err
+	}
+	block, _ := pem.Decode(pemBytes)
+	if block == nil {
+		return nil, fmt.Errorf("%s: no PEM key", keyFile)
+	}
+	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	_, domain, _ := strings.Cut(from, "@")
+	var signed bytes.Buffer
+	err = dkim.Sign(&signed, bytes.NewReader(msg), &dkim.SignOptions{Domain: domain, Selector: selector, Signer: key.(crypto.Signer)})
+	return signed.Bytes(), err
+}
+
+func smtpSend(addr, from, to string, msg []byte) error {
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Hello("bench.test"); err != nil {
+		return err
+	}
+	if err := c.SendMail(from, []string{to}, bytes.NewReader(msg)); err != nil {
+		return err
+	}
+	return c.Quit()
 }
