@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 )
 
@@ -94,3 +95,39 @@ func benchJudge(b *testing.B, size int) {
 
 func BenchmarkJudge4K(b *testing.B) { benchJudge(b, 4<<10) }
 func BenchmarkJudge1M(b *testing.B) { benchJudge(b, 1<<20) }
+
+// Memory must stay flat whatever the message size: judging 16 MiB allocates
+// no more than judging 4 KiB.
+func TestFlatMemory(t *testing.T) {
+	allocs := func(size int) float64 {
+		ct, body := synthetic(size)
+		j := NewJudge(ct, nil)
+		return testing.AllocsPerRun(3, func() {
+			j.Reset(ct, nil)
+			for p := body; len(p) > 0; {
+				n := min(len(p), 64<<10)
+				j.Write(p[:n])
+				p = p[n:]
+			}
+			if j.Close().Encrypted != nil {
+				t.Fatal("not encrypted")
+			}
+		})
+	}
+	small, large := allocs(4<<10), allocs(16<<20)
+	if large > small {
+		t.Errorf("judging 16 MiB took %.0f allocations, 4 KiB %.0f: memory grows with the message", large, small)
+	}
+	ct, body := synthetic(16 << 20)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	j := NewJudge(ct, nil)
+	for p := body; len(p) > 0; p = p[min(len(p), 64<<10):] {
+		j.Write(p[:min(len(p), 64<<10)])
+	}
+	j.Close()
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 64<<10 {
+		t.Errorf("judging 16 MiB allocated %d bytes", n)
+	}
+}
