@@ -4,8 +4,9 @@ DAEMON_MODULES := sidecar doveauth milter
 GO ?= go
 FUZZTIME ?= 10s
 STACK_DIR ?= $(CURDIR)/.stack
+DEMO_DIR ?= /var/tmp/chatmail-demo
 
-.PHONY: all build test unit integration fuzz lint bench up down deps
+.PHONY: all build test unit integration fuzz lint bench up down deps demo demo-down
 
 all: build
 
@@ -44,6 +45,14 @@ lint:
 
 bench:
 	scripts/bench
+
+# The README's first command: a private server with two real Delta Chat
+# clients chatting through it, and what the server holds afterwards.
+demo: deps
+	cd integration && $(GO) run ./cmd/chatmail-demo -dir $(DEMO_DIR)
+
+demo-down:
+	scripts/stack down $(DEMO_DIR)
 
 # A private server in ./.stack, for trying things out (see README).
 up: deps
