@@ -243,6 +243,13 @@ func TestLMTPDeliveryAndQuota(t *testing.T) {
 	if messages == nil || *messages != 1 {
 		t.Errorf("message_count = %v, want 1", messages)
 	}
+	var received *int64
+	if err := db(t, s).QueryRow(context.Background(), `SELECT received_messages FROM accounts WHERE address = $1`, addr).Scan(&received); err != nil {
+		t.Fatal(err)
+	}
+	if received == nil || *received != 1 {
+		t.Errorf("received_messages = %v, want 1 delivery counted", received)
+	}
 
 	// IMAP's GETQUOTAROOT is answered from the same dict.
 	ic, err := imapLoginClient(s, addr)

@@ -58,6 +58,12 @@ const (
 	quotaMessages   = "priv/quota/messages"
 )
 
+// DeliveryQuotaDict is the dict name Dovecot's LMTP service uses for the
+// quota dict (proxy:<socket>:quota-delivery). Its message increments are
+// deliveries, which is how doveauth counts received messages without
+// learning anything else about them.
+const DeliveryQuotaDict = "quota-delivery"
+
 // errUnavailable is what Dovecot sees when the store cannot answer: a
 // temporary failure, never a wrong answer.
 var errUnavailable = errors.New("account store unavailable, try again later")
@@ -247,6 +253,9 @@ func (s *Service) Commit(ctx context.Context, tx *dict.Tx) error {
 		case op.Key == quotaMessages && err == nil:
 			q.Messages.Apply(c)
 			hasQuota = true
+			if op.Kind == dict.OpAtomicInc && op.Diff > 0 && tx.Hello != nil && tx.Hello.DictName == DeliveryQuotaDict {
+				q.Received += op.Diff
+			}
 		case strings.HasPrefix(op.Key, lastLoginPrefix) && op.Kind == dict.OpSet:
 			secs, err := strconv.ParseInt(op.Value, 10, 64)
 			if err != nil {

@@ -73,9 +73,20 @@ func (m *memStore) UpdateQuota(ctx context.Context, addr string, q accounts.Quot
 	if m.down {
 		return errDown
 	}
-	if a, ok := m.accs[addr]; ok && q.Storage.Set != nil {
+	a, ok := m.accs[addr]
+	if !ok {
+		return nil
+	}
+	if q.Storage.Set != nil {
 		v := *q.Storage.Set + q.Storage.Add
 		a.StorageBytes = &v
+	}
+	if q.Received != 0 {
+		r := q.Received
+		if a.ReceivedMessages != nil {
+			r += *a.ReceivedMessages
+		}
+		a.ReceivedMessages = &r
 	}
 	return nil
 }
@@ -221,6 +232,17 @@ func TestQuotaAndLastLogin(t *testing.T) {
 	v, found, err := s.Lookup(ctx, dict.Lookup{Key: "priv/quota/storage", User: "abcdefghi@chat.test"})
 	if v != "1024" || !found || err != nil {
 		t.Errorf("storage = %q %v %v, want 1024", v, found, err)
+	}
+	// Deliveries arrive through the LMTP service's own dict name and count
+	// as received; the same increment from IMAP (a copy, say) does not.
+	inc := []dict.Op{{Kind: dict.OpAtomicInc, Key: "priv/quota/messages", Diff: 1}, {Kind: dict.OpAtomicInc, Key: "priv/quota/storage", Diff: 300}}
+	for _, name := range []string{DeliveryQuotaDict, "quota", DeliveryQuotaDict} {
+		if err := s.Commit(ctx, &dict.Tx{Hello: &dict.Hello{DictName: name}, User: "abcdefghi@chat.test", Ops: inc}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := st.accs["abcdefghi@chat.test"].ReceivedMessages; r == nil || *r != 2 {
+		t.Errorf("received = %v, want 2", r)
 	}
 	if err := s.Commit(ctx, &dict.Tx{Ops: []dict.Op{{Kind: dict.OpSet, Key: "shared/last-login/abcdefghi@chat.test", Value: "1700000000"}}}); err != nil {
 		t.Fatal(err)

@@ -157,11 +157,16 @@ func (c *Counter) Apply(o Counter) {
 	}
 }
 
-// Quota is a change to an account's quota counters.
-type Quota struct{ Storage, Messages Counter }
+// Quota is a change to an account's quota counters, and the messages
+// delivered to it in the same transaction (counted only where counting is on).
+type Quota struct {
+	Storage, Messages Counter
+	Received          int64
+}
 
 // UpdateQuota applies q atomically. Adding to a counter that was never set
-// leaves it unset, so Dovecot recounts.
+// leaves it unset, so Dovecot recounts; received_messages is NULL, and stays
+// so, for accounts created while counting was off.
 func (s *Store) UpdateQuota(ctx context.Context, address string, q Quota) error {
 	mode := func(c Counter) (int, *int64, int64) {
 		switch {
@@ -176,8 +181,9 @@ func (s *Store) UpdateQuota(ctx context.Context, address string, q Quota) error 
 	mm, mv, ma := mode(q.Messages)
 	_, err := s.pool.Exec(ctx, `UPDATE accounts SET
 		storage_bytes = CASE $2::int WHEN 1 THEN $3::bigint WHEN 2 THEN NULL ELSE storage_bytes END + $4::bigint,
-		message_count = CASE $5::int WHEN 1 THEN $6::bigint WHEN 2 THEN NULL ELSE message_count END + $7::bigint
-		WHERE address = $1`, address, sm, sv, sa, mm, mv, ma)
+		message_count = CASE $5::int WHEN 1 THEN $6::bigint WHEN 2 THEN NULL ELSE message_count END + $7::bigint,
+		received_messages = received_messages + $8::bigint
+		WHERE address = $1`, address, sm, sv, sa, mm, mv, ma, q.Received)
 	return err
 }
 

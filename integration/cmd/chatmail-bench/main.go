@@ -5,6 +5,7 @@
 //
 //	chatmail-bench dict -socket PATH -user ADDR [-kind userdb|passdb -pass PW] [-n N] [-c CONC]
 //	chatmail-bench imap -addr HOST:PORT -user ADDR -pass PW [-n N] [-c CONC]
+//	chatmail-bench noop-milter -socket PATH    (a reference milter that accepts everything)
 //	chatmail-bench smtp -addr HOST:PORT -from ADDR -user ADDR -msg FILE [-dkim-key PEM -dkim-selector S] [-n N] [-c CONC]
 package main
 
@@ -24,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/emersion/go-milter"
 	"github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-smtp"
 )
@@ -49,6 +51,12 @@ func main() {
 
 	var op func() error
 	switch os.Args[1] {
+	case "noop-milter":
+		if err := serveNoopMilter(*socket); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
 	case "dict":
 		key := "shared/userdb/" + *user
 		if *kind == "passdb" {
@@ -200,4 +208,22 @@ func smtpSend(addr, from, to string, msg []byte) error {
 		return err
 	}
 	return c.Quit()
+}
+
+type noopMilter struct{ milter.NoOpMilter }
+
+// serveNoopMilter serves a milter that accepts everything, with the same
+// protocol options as chatmail-milter: the cost of the milter protocol
+// itself, which make bench compares chatmail-milter against.
+func serveNoopMilter(socket string) error {
+	os.Remove(socket)
+	ln, err := net.Listen("unix", socket)
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(socket, 0o666); err != nil {
+		return err
+	}
+	s := milter.Server{NewMilter: func() milter.Milter { return &noopMilter{} }, Protocol: milter.OptNoConnect | milter.OptNoHelo}
+	return s.Serve(ln)
 }
