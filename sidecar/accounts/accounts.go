@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -59,9 +58,6 @@ func Open(ctx context.Context, dsn string, maxConns int) (*Store, error) {
 
 // Close closes every connection.
 func (s *Store) Close() { s.pool.Close() }
-
-// Ping checks that the database answers.
-func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
 
 // Normalize returns the canonical form of an address and its parts. It
 // rejects what cannot be an address at all; what may be created is decided
@@ -238,11 +234,4 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 		COALESCE(sum(storage_bytes), 0)::bigint, COALESCE(sum(message_count), 0)::bigint FROM accounts`).
 		Scan(&st.Accounts, &st.Blocked, &st.ActiveToday, &st.Active30Days, &st.StorageBytes, &st.Messages)
 	return st, err
-}
-
-// IsUnavailable reports whether err means the database could not be asked,
-// as opposed to a question it answered with an error.
-func IsUnavailable(err error) bool {
-	var pgErr *pgconn.PgError
-	return err != nil && !errors.As(err, &pgErr)
 }

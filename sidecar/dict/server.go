@@ -237,8 +237,15 @@ func (c *conn) serve() {
 	}()
 	var long []byte
 	for {
-		if s.IdleTimeout > 0 && r.Buffered() == 0 {
-			c.nc.SetReadDeadline(time.Now().Add(s.IdleTimeout))
+		if r.Buffered() == 0 {
+			if s.IdleTimeout > 0 {
+				c.nc.SetReadDeadline(time.Now().Add(s.IdleTimeout))
+			}
+			// Checked after setting the deadline: a Shutdown from now on
+			// wakes this read up; one before it ends the connection here.
+			if s.isClosing() {
+				return
+			}
 		}
 		line, err := r.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
@@ -273,9 +280,6 @@ func (c *conn) serve() {
 				s.Log.Warn("dict: closing connection", "err", perr)
 			}
 			w.Flush()
-			return
-		}
-		if s.isClosing() && r.Buffered() == 0 {
 			return
 		}
 	}
