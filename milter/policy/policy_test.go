@@ -101,9 +101,9 @@ func TestRules(t *testing.T) {
 		{"encrypted large", "enc-large-v6.eml", out, 250, ReasonEncrypted},
 		{"encrypted LF input", "enc-lf.eml", out, 250, ReasonEncrypted},
 		// Captured from Delta Chat 2.62 through our stack (hidden recipients, PKESK v6 + SEIPD v2).
-		{"delta chat 2.62 out", "dc-2.62-text.eml", outLocal, 250, ReasonEncrypted},
-		{"delta chat 2.62 out 2", "dc-2.62-text2.eml", out, 250, ReasonEncrypted},
-		{"delta chat 2.62 in", "dc-2.62-text.eml", envelope{"", alice, []string{bob}}, 250, ReasonEncrypted},
+		{"delta chat 2.62 out", "enc-dc-2.62-text.eml", outLocal, 250, ReasonEncrypted},
+		{"delta chat 2.62 out 2", "enc-dc-2.62-text2.eml", out, 250, ReasonEncrypted},
+		{"delta chat 2.62 in", "enc-dc-2.62-text.eml", envelope{"", alice, []string{bob}}, 250, ReasonEncrypted},
 		{"plain out", "neg-plain.eml", out, 523, ReasonCleartext},
 		{"literal out", "neg-literal.eml", out, 523, ReasonCleartext},
 		{"fake armor out", "neg-fake-armor.eml", out, 523, ReasonCleartext},
