@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -17,6 +16,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/jackc/pgx/v5"
 
+	"chatmail.dev/integration/chatflow"
 	"chatmail.dev/integration/stack"
 )
 
@@ -39,15 +39,7 @@ func TestMain(m *testing.M) {
 }
 
 // newLocalpart returns a fresh 9-character local part, as Delta Chat makes.
-func newLocalpart() string {
-	const chars = "abcdefghijklmnopqrstuvwxyz0123456789"
-	b := make([]byte, 9)
-	rand.Read(b)
-	for i := range b {
-		b[i] = chars[int(b[i])%len(chars)]
-	}
-	return string(b)
-}
+func newLocalpart() string { return chatflow.NewLocalpart() }
 
 func newAddr(s *stack.Stack) string { return newLocalpart() + "@" + s.Domain }
 

@@ -136,6 +136,42 @@ func (a *Account) CreateContact(ctx context.Context, addr, name string) (uint32,
 	return id, err
 }
 
+// Contact is the part of core's Contact that tests look at.
+type Contact struct {
+	ID      uint32 `json:"id"`
+	Address string `json:"address"`
+	// DisplayName is the name the account shows: the one it gave the
+	// contact, else the one the contact sent, else the address.
+	DisplayName string `json:"displayName"`
+	// IsKeyContact: the contact is known by its key, as after SecureJoin,
+	// not by its address only.
+	IsKeyContact bool `json:"isKeyContact"`
+	E2EEAvail    bool `json:"e2eeAvail"`
+	IsBlocked    bool `json:"isBlocked"`
+}
+
+// Contact returns what the account knows about a contact.
+func (a *Account) Contact(ctx context.Context, contactID uint32) (*Contact, error) {
+	var c Contact
+	if err := a.call(ctx, "get_contact", &c, contactID); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// LookupContactID returns the ID of the contact with address addr, and
+// false if the account has none.
+func (a *Account) LookupContactID(ctx context.Context, addr string) (uint32, bool, error) {
+	var id *uint32
+	if err := a.call(ctx, "lookup_contact_id_by_addr", &id, addr); err != nil {
+		return 0, false, err
+	}
+	if id == nil {
+		return 0, false, nil
+	}
+	return *id, true, nil
+}
+
 // CreateChatByContactID returns the one-to-one chat with a contact,
 // creating it if needed.
 func (a *Account) CreateChatByContactID(ctx context.Context, contactID uint32) (uint32, error) {
@@ -243,7 +279,20 @@ type Message struct {
 	FileName    string `json:"fileName"`
 	FileBytes   uint64 `json:"fileBytes"`
 	Error       string `json:"error"` // why sending or receiving failed
+	// DownloadState says whether the message is there in full, see the
+	// Download constants. Core shows a message with a large attachment at
+	// once from a small pre-message and fetches the rest separately.
+	DownloadState string `json:"downloadState"`
 }
+
+// Download states, from core's DownloadState.
+const (
+	DownloadDone           = "Done"
+	DownloadAvailable      = "Available" // not fetched yet
+	DownloadInProgress     = "InProgress"
+	DownloadFailure        = "Failure"
+	DownloadUndecipherable = "Undecipherable"
+)
 
 // Message states, from core's MessageState.
 const (

@@ -200,7 +200,7 @@ func TestDeviceMessageWithFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if msg.ID != msgID || msg.Text != "with file" || msg.FileName != "report.txt" || msg.FileBytes != uint64(len(content)) {
+	if msg.ID != msgID || msg.Text != "with file" || msg.FileName != "report.txt" || msg.FileBytes != uint64(len(content)) || msg.DownloadState != DownloadDone {
 		t.Errorf("message = %+v", msg)
 	}
 	if got, err := os.ReadFile(msg.File); err != nil || string(got) != string(content) {
@@ -258,6 +258,15 @@ func TestLocalWrappers(t *testing.T) {
 	}
 	if _, err := acc.CreateChatByContactID(ctx, contactID); err != nil {
 		t.Fatal(err)
+	}
+	if c, err := acc.Contact(ctx, contactID); err != nil || c.ID != contactID || c.Address != "bob@example.org" || c.IsKeyContact || c.E2EEAvail {
+		t.Errorf("contact = %+v, %v; want bob@example.org known by address only", c, err)
+	}
+	if id, ok, err := acc.LookupContactID(ctx, "bob@example.org"); err != nil || !ok || id != contactID {
+		t.Errorf("LookupContactID(bob) = %d, %v, %v; want %d", id, ok, err, contactID)
+	}
+	if _, ok, err := acc.LookupContactID(ctx, "nobody@example.org"); err != nil || ok {
+		t.Errorf("LookupContactID(nobody) = %v, %v; want not found", ok, err)
 	}
 	servers, err := acc.ICEServers(ctx)
 	if err != nil {

@@ -25,11 +25,11 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"chatmail.dev/integration/chatflow"
 	"chatmail.dev/integration/deltachat"
 	"chatmail.dev/integration/stack"
 )
@@ -191,10 +191,8 @@ func admin(s *stack.Stack, args ...string) (string, error) {
 
 // client is one Delta Chat profile in the demo.
 type client struct {
-	name, addr, password string
-	acc                  *deltachat.Account
-	rpc                  *deltachat.RPC
-	seen                 map[uint32]bool // messages already reported
+	name string // in the story; the profile's display name has " (demo)"
+	*chatflow.Profile
 }
 
 // demo holds the clients and what the story needs to remember.
@@ -274,69 +272,21 @@ func (d *demo) waitCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(d.ctx, wait)
 }
 
-// newLocalpart returns 9 random characters, as Delta Chat picks for a new
-// chatmail profile.
-func newLocalpart() string {
-	const chars = "abcdefghijklmnopqrstuvwxyz0123456789"
-	b := make([]byte, 9)
-	rand.Read(b)
-	for i := range b {
-		b[i] = chars[int(b[i])%len(chars)]
-	}
-	return string(b)
-}
-
-func port(s *stack.Stack, key string) (uint16, error) {
-	p, err := strconv.ParseUint(s.Env[key], 10, 16)
-	if err != nil {
-		return 0, fmt.Errorf("stack.env %s: %w", key, err)
-	}
-	return uint16(p), nil
-}
-
 // newClient creates a profile with fresh credentials, as an app does, and
 // configures it; the server creates the account at the first login.
 func (d *demo) newClient(name string) (*client, error) {
 	ctx, cancel := d.waitCtx()
 	defer cancel()
-	imaps, err := port(d.s, "IMAPS_PORT")
-	if err != nil {
-		return nil, err
-	}
-	smtps, err := port(d.s, "SMTPS_PORT")
-	if err != nil {
-		return nil, err
-	}
-	acc, err := d.rpc.AddAccount(ctx)
-	if err != nil {
-		return nil, err
-	}
-	c := &client{name: name, addr: newLocalpart() + "@" + d.s.Domain, password: rand.Text()[:22],
-		acc: acc, rpc: d.rpc, seen: map[uint32]bool{}}
-	// The display name travels inside the encryption only. bcc_self=1 is
-	// what a profile on several devices has: it leaves fetched mail on the
-	// server, so that we can look at it afterwards.
-	err = acc.BatchSetConfig(ctx, map[string]string{"displayname": name + " (demo)", "bcc_self": "1"})
-	if err != nil {
-		return nil, err
-	}
+	// The display name travels inside the encryption only.
 	d.texts = append(d.texts, name+" (demo)")
 	t := time.Now()
-	err = acc.AddOrUpdateTransport(ctx, deltachat.TransportParams{
-		Addr: c.addr, Password: c.password,
-		IMAPServer: "127.0.0.1", IMAPPort: imaps, IMAPSecurity: deltachat.SecuritySSL,
-		SMTPServer: "127.0.0.1", SMTPPort: smtps, SMTPSecurity: deltachat.SecuritySSL,
-		CertificateChecks: deltachat.CertificateChecksAcceptInvalid,
-	})
+	p, err := chatflow.NewProfile(ctx, d.rpc, d.s, name+" (demo)")
 	if err != nil {
-		return nil, fmt.Errorf("configuring %s's profile: %w", name, err)
-	}
-	if err := acc.StartIO(ctx); err != nil {
 		return nil, err
 	}
 	say("%s's app picked the address %s and a 22-character password; logging in created the account (%s).",
-		name, c.addr, seconds(time.Since(t)))
-	return c, nil
+		name, p.Addr, seconds(time.Since(t)))
+	return &client{name: name, Profile: p}, nil
 }
 
 // talk is the story: accounts, SecureJoin and messages, with No-Log
@@ -449,19 +399,13 @@ func (d *demo) showLog(title string, offset int64) error {
 func (d *demo) secureJoin(inviter, joiner *client) error {
 	ctx, cancel := d.waitCtx()
 	defer cancel()
-	qr, err := inviter.acc.SecureJoinQR(ctx, 0)
+	qr, err := inviter.Acc.SecureJoinQR(ctx, 0)
 	if err != nil {
 		return err
 	}
 	say("%s shows an invite QR code: %.40s...", inviter.name, qr)
 	t := time.Now()
-	if _, err := joiner.acc.SecureJoin(ctx, qr); err != nil {
-		return err
-	}
-	if err := joiner.acc.WaitSecurejoinJoinerDone(ctx); err != nil {
-		return err
-	}
-	if err := inviter.acc.WaitSecurejoinInviterDone(ctx); err != nil {
+	if _, err := chatflow.JoinByQR(ctx, inviter.Profile, joiner.Profile, qr); err != nil {
 		return err
 	}
 	say("%s scanned it; SecureJoin finished on both sides after %s. They now hold each other's keys.",
@@ -471,14 +415,14 @@ func (d *demo) secureJoin(inviter, joiner *client) error {
 
 // chatWith returns from's one-to-one chat with the contact of addr.
 func chatWith(ctx context.Context, from *client, addr string) (uint32, error) {
-	var contactID *uint32
-	if err := from.rpc.Call(ctx, "lookup_contact_id_by_addr", []any{from.acc.ID, addr}, &contactID); err != nil {
+	contactID, ok, err := from.Acc.LookupContactID(ctx, addr)
+	if err != nil {
 		return 0, err
 	}
-	if contactID == nil {
+	if !ok {
 		return 0, fmt.Errorf("%s has no contact %s", from.name, addr)
 	}
-	return from.acc.CreateChatByContactID(ctx, *contactID)
+	return from.Acc.CreateChatByContactID(ctx, contactID)
 }
 
 // exchange sends a few messages both ways, one with a 1 MB file.
@@ -523,63 +467,24 @@ func randomFile(dir string, n int) (string, []byte, error) {
 	return path, b, os.WriteFile(path, b, 0o600)
 }
 
-// sendAndReceive sends msg and waits until to has it in full; it returns
-// to's copy and how long that took.
+// sendAndReceive sends msg, waits until the server has taken it and to has
+// it in full; it returns to's copy and how long that took.
 func (d *demo) sendAndReceive(from, to *client, msg deltachat.MessageData) (*deltachat.Message, time.Duration, error) {
 	ctx, cancel := d.waitCtx()
 	defer cancel()
-	chatID, err := chatWith(ctx, from, to.addr)
+	chatID, err := chatWith(ctx, from, to.Addr)
 	if err != nil {
 		return nil, 0, err
 	}
 	t := time.Now()
-	if _, err := from.acc.SendMsg(ctx, chatID, msg); err != nil {
+	if _, err := chatflow.Send(ctx, from.Profile, chatID, msg); err != nil {
 		return nil, 0, err
 	}
-	got, err := to.receive(ctx)
+	got, err := to.Receive(ctx)
 	if err != nil {
 		return nil, 0, fmt.Errorf("%s waiting for %q: %w", to.name, msg.Text, err)
 	}
 	return got, time.Since(t), nil
-}
-
-// receive returns the next new message that is not an info message, once
-// downloaded in full: a large message is announced first by a small
-// pre-message and fetched separately.
-func (c *client) receive(ctx context.Context) (*deltachat.Message, error) {
-	for {
-		msg, err := c.acc.WaitIncomingMsg(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if msg.IsInfo || c.seen[msg.ID] {
-			continue
-		}
-		c.seen[msg.ID] = true
-		return c.waitDownloaded(ctx, msg.ID)
-	}
-}
-
-func (c *client) waitDownloaded(ctx context.Context, msgID uint32) (*deltachat.Message, error) {
-	for {
-		var state struct {
-			DownloadState string `json:"downloadState"`
-		}
-		if err := c.rpc.Call(ctx, "get_message", []any{c.acc.ID, msgID}, &state); err != nil {
-			return nil, err
-		}
-		switch state.DownloadState {
-		case "Done":
-			return c.acc.Message(ctx, msgID)
-		case "Failure", "Undecipherable":
-			return nil, fmt.Errorf("message %d: download %s", msgID, state.DownloadState)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("message %d still %s: %w", msgID, state.DownloadState, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 // report prints what the receiver sees and fails if it is not what was
@@ -633,7 +538,7 @@ func (d *demo) showAccounts() error {
 	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
 	var rows []string
 	for i, line := range lines {
-		if i == 0 || strings.Contains(line, d.alice.addr) || strings.Contains(line, d.bob.addr) {
+		if i == 0 || strings.Contains(line, d.alice.Addr) || strings.Contains(line, d.bob.Addr) {
 			rows = append(rows, line)
 		}
 	}
@@ -642,31 +547,18 @@ func (d *demo) showAccounts() error {
 	return nil
 }
 
-// mailFiles returns the Maildir files (cur/ and new/) of addr.
-func (d *demo) mailFiles(addr string) ([]string, error) {
-	var files []string
-	for _, sub := range []string{"cur", "new"} {
-		f, err := filepath.Glob(filepath.Join(d.s.Env["MAILBOXES_DIR"], addr, sub, "*"))
-		if err != nil {
-			return nil, err
-		}
-		files = append(files, f...)
-	}
-	return files, nil
-}
-
 // showMail checks that every stored message is PGP/MIME ciphertext without
 // any of the texts sent, and prints the start of one.
 func (d *demo) showMail() error {
 	say("Mail on disk (Dovecot Maildir under %s):", d.s.Env["MAILBOXES_DIR"])
 	var sample string
 	for _, c := range []*client{d.alice, d.bob} {
-		files, err := d.mailFiles(c.addr)
+		files, err := chatflow.MailFiles(d.s, c.Addr)
 		if err != nil {
 			return err
 		}
 		if len(files) == 0 {
-			return fmt.Errorf("the server holds no mail for %s", c.addr)
+			return fmt.Errorf("the server holds no mail for %s", c.Addr)
 		}
 		var total int64
 		for _, f := range files {
@@ -683,7 +575,7 @@ func (d *demo) showMail() error {
 			}
 		}
 		say("  %s: %d messages, %d bytes, every one PGP/MIME ciphertext; none holds a text or name sent.",
-			c.addr, len(files), total)
+			c.Addr, len(files), total)
 	}
 	say("The start of the smallest one:")
 	indent(excerpt(sample))
@@ -753,7 +645,7 @@ func (d *demo) showNoLog() error {
 func (d *demo) naming(lines []string) int {
 	n := 0
 	for _, line := range lines {
-		if strings.Contains(line, d.alice.addr) || strings.Contains(line, d.bob.addr) {
+		if strings.Contains(line, d.alice.Addr) || strings.Contains(line, d.bob.Addr) {
 			n++
 		}
 	}
@@ -764,7 +656,7 @@ func (d *demo) naming(lines []string) int {
 
 func printInstructions(s *stack.Stack) {
 	say("The server keeps running. To try it with a Delta Chat app on this machine:")
-	say("  address   any 9 characters [a-z0-9] @%s, e.g. %s@%s", s.Domain, newLocalpart(), s.Domain)
+	say("  address   any 9 characters [a-z0-9] @%s, e.g. %s@%s", s.Domain, chatflow.NewLocalpart(), s.Domain)
 	say("  password  9 characters or more (the first login creates the account)")
 	say("  advanced  IMAP server 127.0.0.1, port %s, security SSL/TLS", s.Env["IMAPS_PORT"])
 	say("            SMTP server 127.0.0.1, port %s, security SSL/TLS", s.Env["SMTPS_PORT"])
