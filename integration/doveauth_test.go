@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
 	"chatmail.dev/integration/stack"
@@ -126,8 +128,25 @@ func TestCreationRules(t *testing.T) {
 
 func TestBlockedAccount(t *testing.T) {
 	s := shared
-	addr := newAddr(s)
+	addr, peer := newAddr(s), newAddr(s)
 	wantLogin(t, s, addr, goodPassword, "")
+	wantLogin(t, s, peer, goodPassword, "")
+
+	// Sessions opened before the block.
+	imapSession, err := imapLoginClient(s, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer imapSession.Close()
+	smtpSession, err := smtp.DialStartTLS(s.Addr("SUBMISSION_PORT"), &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer smtpSession.Close()
+	if err := smtpSession.Auth(sasl.NewPlainClient("", addr, goodPassword)); err != nil {
+		t.Fatal(err)
+	}
+
 	if out := s.Admin(t, "block", addr); !contains(out, "blocked") {
 		t.Errorf("admin block said %q", out)
 	}
@@ -137,12 +156,26 @@ func TestBlockedAccount(t *testing.T) {
 	if err := smtpAuth(s, addr, goodPassword); err == nil {
 		t.Error("blocked account authenticated over SMTP")
 	}
+	if err := imapSession.Noop().Wait(); err == nil {
+		t.Error("the blocked account's open IMAP session still works")
+	}
+	err = smtpSend(smtpSession, addr, peer, fixture(t, "enc-v6.eml", addr, peer))
+	if code, text := smtpCode(err); code != 554 || !contains(text, "blocked") {
+		t.Errorf("sending over the blocked account's open SMTP session: %v, want 554 saying it is blocked", err)
+	}
+
 	s.Admin(t, "unblock", addr)
 	wantLogin(t, s, addr, goodPassword, "")
+	if err := submit(s, addr, goodPassword, peer, fixture(t, "enc-v6.eml", addr, peer)); err != nil {
+		t.Errorf("unblocked account cannot send: %v", err)
+	}
 
 	s.Admin(t, "delete", addr)
 	if countAccounts(t, s, addr) != 0 {
 		t.Error("deleted account still has a row")
+	}
+	if _, err := os.Stat(filepath.Join(s.Env["MAILBOXES_DIR"], addr)); !os.IsNotExist(err) {
+		t.Errorf("deleted account's mail is still there: %v", err)
 	}
 }
 

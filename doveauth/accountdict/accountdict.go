@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"chatmail.dev/doveauth/passhash"
+	"chatmail.dev/doveauth/socketmap"
 	"chatmail.dev/sidecar/accounts"
 	"chatmail.dev/sidecar/config"
 	"chatmail.dev/sidecar/dict"
@@ -222,6 +223,37 @@ func (s *Service) quota(ctx context.Context, user string, storage bool) (string,
 		return "", "notfound", nil
 	}
 	return strconv.FormatInt(*v, 10), "found", nil
+}
+
+// SenderAccess answers Postfix's check_sasl_access lookups over socketmap
+// (table name "blocked", key the SASL login) for every message, so that a
+// blocked account's open SMTP session cannot go on sending.
+func (s *Service) SenderAccess(ctx context.Context, name, key string) (socketmap.Result, error) {
+	start := time.Now()
+	if name != "blocked" {
+		s.Metrics.observe("sender_access", "error", time.Since(start))
+		return socketmap.Result{}, fmt.Errorf("doveauth serves no socketmap table %q", name)
+	}
+	addr, _, _, err := accounts.Normalize(key)
+	if err != nil {
+		s.Metrics.observe("sender_access", "notfound", time.Since(start))
+		return socketmap.Result{}, nil
+	}
+	acc, err := s.Store.Get(ctx, addr)
+	switch {
+	case errors.Is(err, accounts.ErrNotFound):
+		s.Metrics.observe("sender_access", "notfound", time.Since(start))
+		return socketmap.Result{}, nil
+	case err != nil:
+		s.Log.Warn("sender access lookup failed", "err", err)
+		s.Metrics.observe("sender_access", "tempfail", time.Since(start))
+		return socketmap.Result{}, errUnavailable
+	case acc.Blocked:
+		s.Metrics.observe("sender_access", "blocked", time.Since(start))
+		return socketmap.Result{Found: true, Value: "REJECT This account is blocked."}, nil
+	}
+	s.Metrics.observe("sender_access", "found", time.Since(start))
+	return socketmap.Result{}, nil
 }
 
 // Iterate implements dict.Handler; it lists accounts for doveadm -A.

@@ -18,7 +18,7 @@ type Metrics struct {
 }
 
 var (
-	lookupKinds   = []string{"passdb", "userdb", "quota", "iterate", "other"}
+	lookupKinds   = []string{"passdb", "userdb", "quota", "iterate", "sender_access", "other"}
 	lookupResults = []string{"found", "notfound", "created", "blocked", "tempfail", "error", "ok"}
 	rejectReasons = []string{"registration_closed", "bad_localpart", "short_password", "malformed"}
 )

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"chatmail.dev/doveauth/accountdict"
+	"chatmail.dev/doveauth/socketmap"
 	"chatmail.dev/sidecar/accounts"
 	"chatmail.dev/sidecar/config"
 	"chatmail.dev/sidecar/daemon"
@@ -25,12 +26,21 @@ type Config struct {
 	SocketMode config.FileMode `toml:"socket_mode"`
 	// SocketGroup, if set, owns the socket, for Dovecot processes in that group.
 	SocketGroup string `toml:"socket_group"`
-	Metrics     string `toml:"metrics"`
+	// Socketmap, if set, serves Postfix's check_sasl_access lookups, so that
+	// a blocked account cannot send over an SMTP session opened before.
+	Socketmap      string          `toml:"socketmap"`
+	SocketmapMode  config.FileMode `toml:"socketmap_mode"`
+	SocketmapGroup string          `toml:"socketmap_group"`
+	Metrics        string          `toml:"metrics"`
 }
 
 // DefaultConfig returns the defaults of the [doveauth] section.
 func DefaultConfig() Config {
-	return Config{Socket: "/run/doveauth/doveauth.socket", SocketMode: 0o660, Metrics: "127.0.0.1:9721"}
+	return Config{
+		Socket: "/run/doveauth/doveauth.socket", SocketMode: 0o660,
+		Socketmap: "/var/spool/postfix/doveauth/socketmap.socket", SocketmapMode: 0o660,
+		Metrics: "127.0.0.1:9721",
+	}
 }
 
 // Validate implements config.Validator.
@@ -76,24 +86,45 @@ func (s *Server) Run(ctx context.Context, env *daemon.Env) error {
 	if err != nil {
 		return err
 	}
-	srv := &dict.Server{Handler: gate, Log: env.Log, IdleTimeout: time.Minute, RequestTimeout: env.Config.Postgres.QueryTimeout.D()}
-	env.Log.Info("serving", "socket", s.cfg.Socket)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	timeout := env.Config.Postgres.QueryTimeout.D()
+	dictSrv := &dict.Server{Handler: gate, Log: env.Log, IdleTimeout: time.Minute, RequestTimeout: timeout}
+	errc := make(chan error, 2)
+	go func() { errc <- ignoreClosed(dictSrv.Serve(ln)) }()
+	servers := []interface{ Shutdown(context.Context) error }{dictSrv}
+	if s.cfg.Socketmap != "" {
+		mln, err := unixsock.Listen(s.cfg.Socketmap, uint32(s.cfg.SocketmapMode), s.cfg.SocketmapGroup)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		mapSrv := &socketmap.Server{Handler: gate.senderAccess(svc), Log: env.Log, IdleTimeout: time.Minute, RequestTimeout: timeout}
+		go func() { errc <- ignoreClosed(mapSrv.Serve(mln)) }()
+		servers = append(servers, mapSrv)
+	}
+	env.Log.Info("serving", "socket", s.cfg.Socket, "socketmap", s.cfg.Socketmap)
 	select {
 	case err := <-errc:
+		if err == nil {
+			err = errors.New("listener closed")
+		}
 		return err
 	case <-ctx.Done():
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("drain: %w", err)
-	}
-	if err := <-errc; err != nil && !errors.Is(err, dict.ErrServerClosed) {
-		return err
+	for _, srv := range servers {
+		if err := srv.Shutdown(sctx); err != nil {
+			return fmt.Errorf("drain: %w", err)
+		}
 	}
 	return nil
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, dict.ErrServerClosed) || errors.Is(err, socketmap.ErrServerClosed) {
+		return nil
+	}
+	return err
 }
 
 // migrationGate answers "try again later" until the schema is in place, so
@@ -134,6 +165,15 @@ func (g *migrationGate) Iterate(ctx context.Context, req dict.Iterate, emit func
 		return errNotReady
 	}
 	return g.next.Iterate(ctx, req, emit)
+}
+
+func (g *migrationGate) senderAccess(svc *accountdict.Service) socketmap.Handler {
+	return func(ctx context.Context, name, key string) (socketmap.Result, error) {
+		if !g.ready.Load() {
+			return socketmap.Result{}, errNotReady
+		}
+		return svc.SenderAccess(ctx, name, key)
+	}
 }
 
 func (g *migrationGate) Commit(ctx context.Context, tx *dict.Tx) error {

@@ -8,12 +8,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"text/tabwriter"
 	"time"
@@ -41,12 +43,13 @@ func main() {
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(daemon.ExitConfig)
 	}
-	cfg, err := config.Load(*path, "admin", nil)
+	sec := adminConfig{Doveadm: "doveadm"}
+	cfg, err := config.Load(*path, "admin", &sec)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chatmail-admin:", err)
 		os.Exit(daemon.ExitConfig)
 	}
-	if err := run(cfg, fs.Args(), os.Stdout); err != nil {
+	if err := run(cfg, &sec, fs.Args(), os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "chatmail-admin:", err)
 		if errors.Is(err, errUsage) {
 			fmt.Fprint(os.Stderr, usage)
@@ -58,7 +61,31 @@ func main() {
 
 var errUsage = errors.New("bad usage")
 
-func run(cfg *config.Common, args []string, out io.Writer) error {
+// adminConfig is the [admin] section.
+type adminConfig struct {
+	// Doveadm ends a blocked account's open IMAP sessions (doveadm kick).
+	Doveadm string `toml:"doveadm"`
+	// DovecotConfig, if set, is passed to doveadm with -c.
+	DovecotConfig string `toml:"dovecot_config"`
+}
+
+// kick ends the account's open Dovecot sessions, so a block takes effect at
+// once rather than at the next login. An account without sessions is fine.
+func (a *adminConfig) kick(addr string) error {
+	args := []string{"kick", addr}
+	if a.DovecotConfig != "" {
+		args = append([]string{"-c", a.DovecotConfig}, args...)
+	}
+	out, err := exec.Command(a.Doveadm, args...).CombinedOutput()
+	// doveadm kick exits 68 (EX_NOUSER) when the user has no sessions.
+	var ee *exec.ExitError
+	if err != nil && !(errors.As(err, &ee) && ee.ExitCode() == 68) {
+		return fmt.Errorf("doveadm kick: %v: %s", err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+func run(cfg *config.Common, adm *adminConfig, args []string, out io.Writer) error {
 	if len(args) == 0 {
 		return errUsage
 	}
@@ -108,6 +135,13 @@ func run(cfg *config.Common, args []string, out io.Writer) error {
 	case "block", "unblock":
 		if err := store.SetBlocked(ctx, addr, cmd == "block"); err != nil {
 			return fmt.Errorf("%s: %w", addr, err)
+		}
+		// New logins now fail and Postfix refuses the account's mail per
+		// message (check_sasl_access); end the IMAP sessions too.
+		if cmd == "block" {
+			if err := adm.kick(addr); err != nil {
+				return fmt.Errorf("%s: blocked, but open IMAP sessions were not ended: %w", addr, err)
+			}
 		}
 	case "delete":
 		if err := store.Delete(ctx, addr); err != nil {

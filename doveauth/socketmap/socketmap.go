@@ -1,0 +1,216 @@
+// Package socketmap serves Postfix's socketmap lookup table protocol
+// (socketmap_table(5)): each request is a netstring "name key", each reply a
+// netstring "OK value", "NOTFOUND ", "TEMP reason" or "PERM reason".
+//
+// doveauth serves it so that Postfix can ask, for every message, whether the
+// authenticated sender is blocked (check_sasl_access), which an open SMTP
+// session would otherwise never learn.
+package socketmap
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// MaxRequest bounds a request; Postfix's names and keys are short.
+const MaxRequest = 10000
+
+// Result is a lookup's answer.
+type Result struct {
+	Found bool
+	Value string
+}
+
+// Handler answers lookups. An error becomes a TEMP reply: Postfix then
+// defers, it never takes "not found" for an answer it did not get.
+type Handler func(ctx context.Context, name, key string) (Result, error)
+
+// Server serves the protocol on one or more listeners.
+type Server struct {
+	Handler        Handler
+	Log            *slog.Logger
+	RequestTimeout time.Duration
+	IdleTimeout    time.Duration
+
+	mu      sync.Mutex
+	lns     []net.Listener
+	conns   map[net.Conn]bool // value: busy with a request
+	closing bool
+	wg      sync.WaitGroup
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("socketmap: server closed")
+
+// Serve accepts connections on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.lns = append(s.lns, ln)
+	if s.conns == nil {
+		s.conns = map[net.Conn]bool{}
+	}
+	s.mu.Unlock()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.isClosing() {
+				return ErrServerClosed
+			}
+			return err
+		}
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			c.Close()
+			return ErrServerClosed
+		}
+		s.conns[c] = false
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.serveConn(c)
+	}
+}
+
+// Shutdown stops accepting, lets requests in progress finish, and closes
+// every connection; Postfix reconnects to whoever serves the socket next.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	for c, busy := range s.conns {
+		if !busy {
+			c.SetReadDeadline(time.Now())
+		}
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+func (s *Server) setBusy(c net.Conn, busy bool) {
+	s.mu.Lock()
+	s.conns[c] = busy
+	s.mu.Unlock()
+}
+
+func (s *Server) serveConn(c net.Conn) {
+	defer func() {
+		c.Close()
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		s.wg.Done()
+	}()
+	r := bufio.NewReader(c)
+	for {
+		if s.IdleTimeout > 0 {
+			c.SetReadDeadline(time.Now().Add(s.IdleTimeout))
+		}
+		if s.isClosing() {
+			return
+		}
+		req, err := ReadNetstring(r, MaxRequest)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !s.isClosing() {
+				s.Log.Debug("socketmap: closing connection", "err", err)
+			}
+			return
+		}
+		s.setBusy(c, true)
+		reply := s.answer(req)
+		_, err = c.Write(AppendNetstring(nil, reply))
+		s.setBusy(c, false)
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (s *Server) answer(req string) string {
+	name, key, ok := strings.Cut(req, " ")
+	if !ok || name == "" {
+		return "PERM malformed request"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.RequestTimeout)
+	defer cancel()
+	res, err := s.Handler(ctx, name, key)
+	switch {
+	case err != nil:
+		return "TEMP " + oneLine(err.Error())
+	case res.Found:
+		return "OK " + oneLine(res.Value)
+	}
+	return "NOTFOUND "
+}
+
+func oneLine(s string) string { return strings.NewReplacer("\r", " ", "\n", " ").Replace(s) }
+
+// ErrNetstring reports a malformed or oversized netstring.
+var ErrNetstring = errors.New("socketmap: malformed netstring")
+
+// ReadNetstring reads one netstring "<len>:<data>," of at most max bytes.
+func ReadNetstring(r *bufio.Reader, max int) (string, error) {
+	var n int
+	for digits := 0; ; digits++ {
+		b, err := r.ReadByte()
+		if err != nil {
+			if digits > 0 && errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return "", err
+		}
+		if b == ':' && digits > 0 {
+			break
+		}
+		if b < '0' || b > '9' || digits >= len(strconv.Itoa(max)) {
+			return "", ErrNetstring
+		}
+		n = n*10 + int(b-'0')
+	}
+	if n > max {
+		return "", fmt.Errorf("%w: %d bytes", ErrNetstring, n)
+	}
+	buf := make([]byte, n+1)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return "", err
+	}
+	if buf[n] != ',' {
+		return "", ErrNetstring
+	}
+	return string(buf[:n]), nil
+}
+
+// AppendNetstring appends s as a netstring to b.
+func AppendNetstring(b []byte, s string) []byte {
+	b = strconv.AppendInt(b, int64(len(s)), 10)
+	b = append(b, ':')
+	b = append(b, s...)
+	return append(b, ',')
+}
