@@ -171,7 +171,10 @@ func TestMilterMX(t *testing.T) {
 	// Signed by the sending domain, with both canonicalizations: accepted.
 	copyFile(t, filepath.Join(s.Env["DKIM_KEYS_DIR"], "chatmail._domainkey."+s.Domain), filepath.Join(s.Env["DKIM_KEYS_DIR"], "chatmail._domainkey.elsewhere.test"))
 	for _, c := range []dkim.Canonicalization{dkim.CanonicalizationSimple, dkim.CanonicalizationRelaxed} {
-		msg := dkimSign(t, s, fixture(t, "enc-v6.eml", from, bob), "elsewhere.test", c)
+		// Written without the space after the colon, as some mailers do:
+		// simple canonicalization signs these exact bytes.
+		raw := strings.Replace(fixture(t, "enc-v6.eml", from, bob), "Subject: [...]", "Subject:[...]", 1)
+		msg := dkimSign(t, s, raw, "elsewhere.test", c)
 		if err := deliverMX(s, from, bob, msg); err != nil {
 			t.Errorf("DKIM-signed (%s) encrypted mail at MX: %v, want accepted", c, err)
 		}

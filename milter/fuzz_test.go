@@ -34,6 +34,7 @@ func FuzzJudge(f *testing.F) {
 		f.Add(ct, b, uint64(len(b)))
 	}
 	f.Add(`multipart/mixed; boundary="b"`, []byte("--b\r\nContent-Type: text/plain\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n"), uint64(3))
+	f.Add(`multipart/mixed; boundary="b"`, []byte("--b-x\r\nContent-Type: text/plain\r\n\r\nspam\r\n--b\r\nContent-Type: text/plain\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n"), uint64(5))
 	f.Fuzz(func(t *testing.T, contentType string, b []byte, seed uint64) {
 		whole := pgpmime.NewJudge([]string{contentType}, nil)
 		whole.Write(b)
@@ -50,7 +51,30 @@ func FuzzJudge(f *testing.F) {
 		if errText(got.Encrypted) != errText(want.Encrypted) || got.SoleText != want.SoleText || got.Size != int64(len(b)) {
 			t.Fatalf("chunking changed the verdict: %v %q vs %v %q", got.Encrypted, got.SoleText, want.Encrypted, want.SoleText)
 		}
+		if want.Encrypted == nil || want.SoleText != "" {
+			checkDelimiters(t, contentType, b)
+		}
 	})
+}
+
+// checkDelimiters fails when an accepted body has a line that starts with
+// the dash-boundary but is not exactly a delimiter: Delta Chat's parser
+// (mailparse) would start a part there that the judge did not see.
+func checkDelimiters(t *testing.T, contentType string, b []byte) {
+	_, params, err := pgpmime.ParseContentType(contentType)
+	if err != nil {
+		t.Fatalf("accepted with Content-Type %q: %v", contentType, err)
+	}
+	dash := []byte("--" + params["boundary"])
+	for _, l := range bytes.Split(b, []byte("\n")) {
+		l = bytes.TrimSuffix(l, []byte("\r"))
+		if !bytes.HasPrefix(l, dash) {
+			continue
+		}
+		if rest := bytes.TrimRight(l[len(dash):], " \t"); len(rest) != 0 && string(rest) != "--" {
+			t.Fatalf("accepted with line %q", l)
+		}
+	}
 }
 
 func errText(err error) string {

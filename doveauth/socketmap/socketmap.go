@@ -17,8 +17,9 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
+
+	"chatmail.dev/sidecar/connserve"
 )
 
 // MaxRequest bounds a request; Postfix's names and keys are short.
@@ -41,112 +42,35 @@ type Server struct {
 	RequestTimeout time.Duration
 	IdleTimeout    time.Duration
 
-	mu      sync.Mutex
-	lns     []net.Listener
-	conns   map[net.Conn]bool // value: busy with a request
-	closing bool
-	wg      sync.WaitGroup
+	conns connserve.Server
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
-var ErrServerClosed = errors.New("socketmap: server closed")
+var ErrServerClosed = connserve.ErrServerClosed
 
 // Serve accepts connections on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		return ErrServerClosed
-	}
-	s.lns = append(s.lns, ln)
-	if s.conns == nil {
-		s.conns = map[net.Conn]bool{}
-	}
-	s.mu.Unlock()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if s.isClosing() {
-				return ErrServerClosed
-			}
-			return err
-		}
-		s.mu.Lock()
-		if s.closing {
-			s.mu.Unlock()
-			c.Close()
-			return ErrServerClosed
-		}
-		s.conns[c] = false
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go s.serveConn(c)
-	}
+	s.conns.Log = s.Log
+	return s.conns.Serve(ln, s.serveConn)
 }
 
 // Shutdown stops accepting, lets requests in progress finish, and closes
 // every connection; Postfix reconnects to whoever serves the socket next.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closing = true
-	for _, ln := range s.lns {
-		ln.Close()
-	}
-	for c, busy := range s.conns {
-		if !busy {
-			c.SetReadDeadline(time.Now())
-		}
-	}
-	s.mu.Unlock()
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func (s *Server) Shutdown(ctx context.Context) error { return s.conns.Shutdown(ctx) }
 
-func (s *Server) isClosing() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closing
-}
-
-func (s *Server) setBusy(c net.Conn, busy bool) {
-	s.mu.Lock()
-	s.conns[c] = busy
-	s.mu.Unlock()
-}
-
-func (s *Server) serveConn(c net.Conn) {
-	defer func() {
-		c.Close()
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-		s.wg.Done()
-	}()
+func (s *Server) serveConn(c *connserve.Conn) {
 	r := bufio.NewReader(c)
-	for {
-		if s.IdleTimeout > 0 {
-			c.SetReadDeadline(time.Now().Add(s.IdleTimeout))
-		}
-		if s.isClosing() {
-			return
-		}
+	for r.Buffered() > 0 || c.AwaitRequest(s.IdleTimeout) {
 		req, err := ReadNetstring(r, MaxRequest)
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !s.isClosing() {
+			if !errors.Is(err, io.EOF) && !s.conns.Closing() {
 				s.Log.Debug("socketmap: closing connection", "err", err)
 			}
 			return
 		}
-		s.setBusy(c, true)
-		reply := s.answer(req)
-		_, err = c.Write(AppendNetstring(nil, reply))
-		s.setBusy(c, false)
+		c.Busy(true)
+		_, err = c.Write(AppendNetstring(nil, s.answer(req)))
+		c.Busy(false)
 		if err != nil {
 			return
 		}

@@ -20,7 +20,12 @@ var (
 	armorEnd   = []byte("-----END PGP MESSAGE-----")
 )
 
-// armorHeaderKeys are the armor header keys of RFC 9580 6.2.2.2.
+// MaxArmorHeaderValue bounds the value of an armor header, so that little
+// cleartext can ride along in one.
+const MaxArmorHeaderValue = 76
+
+// armorHeaderKeys are the armor header keys of RFC 9580 6.2.2.2; Version
+// comes first.
 var armorHeaderKeys = [][]byte{[]byte("Version"), []byte("Comment"), []byte("Hash"), []byte("Charset"), []byte("MessageID")}
 
 type armorState uint8
@@ -57,6 +62,7 @@ var b64 = func() (t [256]byte) {
 type armor struct {
 	st      armorState
 	headers int
+	extra   int     // headers other than Version
 	q       [4]byte // pending base64 quantum
 	qn      int
 	padded  bool // base64 padding seen: no more data
@@ -65,7 +71,7 @@ type armor struct {
 }
 
 func (a *armor) reset() {
-	a.st, a.headers, a.qn, a.padded = aBegin, 0, 0, false
+	a.st, a.headers, a.extra, a.qn, a.padded = aBegin, 0, 0, 0, false
 	a.w = walker{}
 }
 
@@ -88,8 +94,12 @@ func (a *armor) line(l []byte) error {
 			return nil
 		}
 		a.headers++
-		if a.headers > MaxArmorHeaders || !armorHeader(l) {
+		known, version := armorHeader(l)
+		if a.headers > MaxArmorHeaders || !known {
 			return ErrArmorHeader
+		}
+		if !version {
+			a.extra++
 		}
 	case aData:
 		return a.data(l)
@@ -106,17 +116,19 @@ func (a *armor) line(l []byte) error {
 	return nil
 }
 
-func armorHeader(l []byte) bool {
-	k, _, ok := bytes.Cut(l, []byte(": "))
-	if !ok {
-		return false
+// armorHeader reports whether l is an armor header with a known key and a
+// value of at most MaxArmorHeaderValue bytes, and whether it is Version.
+func armorHeader(l []byte) (known, version bool) {
+	k, v, ok := bytes.Cut(l, []byte(": "))
+	if !ok || len(v) > MaxArmorHeaderValue {
+		return false, false
 	}
-	for _, known := range armorHeaderKeys {
-		if bytes.Equal(k, known) {
-			return true
+	for i, key := range armorHeaderKeys {
+		if bytes.Equal(k, key) {
+			return true, i == 0
 		}
 	}
-	return false
+	return false, false
 }
 
 // data handles a line in the base64 section.

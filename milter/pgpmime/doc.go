@@ -41,8 +41,10 @@
 //     and GnuPG put a one-line notice there, so they cannot be forbidden.
 //   - armor headers: filtermail allowed only "Version:" and only incoming.
 //     Here at most MaxArmorHeaders headers with the RFC 9580 names (Version,
-//     Comment, Hash, Charset, MessageID) are allowed in both directions, as
-//     ProtonMail and GopenPGP write them; any other header fails.
+//     Comment, Hash, Charset, MessageID), each value at most
+//     MaxArmorHeaderValue bytes, as ProtonMail and GopenPGP write them; any
+//     other header fails. Result.ExtraArmorHeaders counts those other than
+//     Version, which the policy allows only incoming (Delta Chat writes none).
 //   - text after the END line (a second armored block, a signature, prose):
 //     only blank lines may follow.
 //   - the protocol parameter was not checked: it is required, as RFC 3156
@@ -53,6 +55,17 @@
 //   - repeated Content-Type fields (top level or in a part) were resolved
 //     first-wins: now they make the message not encrypted, since another
 //     parser could pick the other one.
+//   - delimiters: Delta Chat's parser (mailparse) starts a part at any line
+//     that begins with "--" and the boundary, whatever follows. Such a line
+//     that is not exactly a delimiter (only spaces and tabs may follow, or
+//     "--" and then those for the close delimiter) fails the message,
+//     wherever it is; so does the dash-boundary anywhere in the preamble,
+//     and a part header field name that starts with '-'.
+//   - Content-Type parameters: Go's parser understands quoting and RFC 2231
+//     ("boundary*" overrides "boundary"), mailparse does not. A value with
+//     an RFC 2231 parameter, a repeated parameter, or a quoted string
+//     holding ';', '"' or '\' is refused (ParseContentType), top level and
+//     in parts, and the boundary must be RFC 2046 bchars, at most 70.
 //   - a legacy-format indeterminate length, a marker packet (tag 10) and
 //     symmetrically encrypted data without integrity (tag 9) were already
 //     refused and still are, as are literal, compressed and signature packets.

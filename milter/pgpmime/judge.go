@@ -3,7 +3,6 @@ package pgpmime
 import (
 	"bytes"
 	"errors"
-	"mime"
 	"strings"
 )
 
@@ -21,6 +20,8 @@ const (
 	// MaxSoleText bounds the body of a sole text part that Result.SoleText reports.
 	MaxSoleText    = 256
 	maxVersionBody = 64
+	// MaxBoundary is the longest boundary RFC 2046 5.1.1 allows.
+	MaxBoundary = 70
 )
 
 // Reasons a message is not encrypted. They are for logs and tests; the reply
@@ -37,6 +38,7 @@ var (
 	ErrVersionPart      = errors.New("pgpmime: first part is not application/pgp-encrypted \"Version: 1\"")
 	ErrDataPart         = errors.New("pgpmime: second part is not application/octet-stream")
 	ErrUnterminated     = errors.New("pgpmime: multipart body has no close delimiter")
+	ErrDelimiter        = errors.New("pgpmime: line starts like a boundary delimiter but is not one")
 )
 
 type mode uint8
@@ -66,10 +68,16 @@ type Result struct {
 	// Encrypted is nil when the message is RFC 3156 PGP/MIME with a valid
 	// packet sequence, and says why not otherwise.
 	Encrypted error
-	// SoleText is set when the message is multipart/mixed with exactly one
-	// part, that part is text/plain in an identity transfer encoding, and its
-	// body is at most MaxSoleText bytes: it holds that body, trimmed.
+	// SoleText is set when the message is multipart/mixed in the exact
+	// shape of Delta Chat's legacy Secure-Join request: a preamble and an
+	// epilogue of blank lines only, exactly one part whose header holds
+	// only a Content-Type text/plain (no parameter but charset) and at most
+	// a Content-Transfer-Encoding 7bit, and a body of at most MaxSoleText
+	// bytes. It holds that body, trimmed.
 	SoleText string
+	// ExtraArmorHeaders counts the armor headers other than Version in an
+	// encrypted message; the policy allows them only on incoming mail.
+	ExtraArmorHeaders int
 	// Size is the number of body bytes written.
 	Size int64
 }
@@ -82,13 +90,14 @@ type Judge struct {
 	done bool // the verdict cannot change any more; only count bytes
 	err  error
 
-	boundary []byte
+	boundary []byte // "--" and the boundary
 	carry    []byte // start of a line split across writes
 	long     bool   // inside an overlong line
 
 	st        mimeState
 	parts     int
-	edgeBytes int // preamble or epilogue bytes so far
+	edgeBytes int  // preamble or epilogue bytes so far
+	edgeText  bool // a preamble or epilogue line was not blank
 	hdr       []byte
 	partOK    bool   // current part has the right type for its position
 	text      []byte // body of part 1 (version part, or sole text part)
@@ -98,14 +107,16 @@ type Judge struct {
 
 // NewJudge returns a judge for a message with the given top-level header
 // values. contentTypes holds every Content-Type field value (normally one),
-// transferEncodings every Content-Transfer-Encoding value.
+// transferEncodings every Content-Transfer-Encoding value. A judge can be
+// used for further messages with Reset, which keeps its buffers.
 func NewJudge(contentTypes, transferEncodings []string) *Judge {
 	j := &Judge{carry: make([]byte, 0, MaxLine), hdr: make([]byte, 0, MaxPartHeader)}
 	j.Reset(contentTypes, transferEncodings)
 	return j
 }
 
-// Reset prepares j for a new message, reusing its buffers.
+// Reset prepares j for a new message, reusing its buffers; it is as good as
+// a new judge from NewJudge.
 func (j *Judge) Reset(contentTypes, transferEncodings []string) {
 	*j = Judge{carry: j.carry[:0], hdr: j.hdr[:0], text: j.text[:0], boundary: j.boundary[:0]}
 	j.armor.reset()
@@ -118,7 +129,7 @@ func (j *Judge) Reset(contentTypes, transferEncodings []string) {
 		}
 		return
 	}
-	mt, params, err := mime.ParseMediaType(contentTypes[0])
+	mt, params, err := ParseContentType(contentTypes[0])
 	if err != nil {
 		j.res.Encrypted = ErrContentType
 		return
@@ -143,11 +154,11 @@ func (j *Judge) Reset(contentTypes, transferEncodings []string) {
 		return
 	}
 	b := params["boundary"]
-	if b == "" || len(b) > 70 {
+	if !validBoundary(b) {
 		j.res.Encrypted = ErrContentType
 		return
 	}
-	j.boundary = append(j.boundary, b...)
+	j.boundary = append(append(j.boundary, "--"...), b...)
 	j.mode, j.done = m, false
 	j.res.Encrypted = nil // provisional; Close decides
 }
@@ -223,7 +234,14 @@ func (j *Judge) fail(err error) {
 
 // line handles one complete line, terminator included.
 func (j *Judge) line(l []byte) {
-	if d, closing := j.delimiter(l); d {
+	d, closing, bad := j.delimiter(l)
+	if bad {
+		// Delta Chat's MIME parser (mailparse) splits parts at any line
+		// that starts with the dash-boundary, whatever follows it.
+		j.fail(ErrDelimiter)
+		return
+	}
+	if d {
 		j.endPart()
 		if j.done {
 			return
@@ -246,6 +264,16 @@ func (j *Judge) line(l []byte) {
 		j.edgeBytes += len(l)
 		if j.edgeBytes > MaxPreamble {
 			j.fail(ErrPreamble)
+			return
+		}
+		if j.st == stPreamble && bytes.Contains(l, j.boundary) {
+			// A parser that finds the first delimiter anywhere, not only
+			// at the start of a line, would begin the first part here.
+			j.fail(ErrDelimiter)
+			return
+		}
+		if len(bytes.Trim(l, " \t\r\n")) != 0 {
+			j.edgeText = true
 		}
 	case stPartHeader:
 		if len(trimEOL(l)) == 0 {
@@ -263,35 +291,39 @@ func (j *Judge) line(l []byte) {
 }
 
 // delimiter reports whether l is a boundary delimiter line, and whether it
-// is the close delimiter (RFC 2046 5.1.1; transport padding allowed).
-func (j *Judge) delimiter(l []byte) (bool, bool) {
+// is the close delimiter (RFC 2046 5.1.1; transport padding allowed). bad
+// reports a line that starts with the dash-boundary but is neither.
+func (j *Judge) delimiter(l []byte) (d, closing, bad bool) {
 	b := j.boundary
-	if len(l) < 2+len(b) || l[0] != '-' || l[1] != '-' || !bytes.Equal(l[2:2+len(b)], b) {
-		return false, false
+	if len(l) < len(b) || l[0] != '-' || !bytes.Equal(l[:len(b)], b) {
+		return false, false, false
 	}
-	rest := trimEOL(l[2+len(b):])
-	closing := len(rest) >= 2 && rest[0] == '-' && rest[1] == '-'
+	rest := trimEOL(l[len(b):])
+	closing = len(rest) >= 2 && rest[0] == '-' && rest[1] == '-'
 	if closing {
 		rest = rest[2:]
 	}
 	for _, c := range rest {
 		if c != ' ' && c != '\t' {
-			return false, false
+			return false, false, true
 		}
 	}
-	return true, closing
+	return true, closing, false
 }
 
 // beginPart parses the collected part header and sets up the part body.
 func (j *Judge) beginPart() {
 	j.st = stPartBody
 	var ct, cte []string
+	other := false // a field other than Content-Type and -Transfer-Encoding
 	ok := eachField(j.hdr, func(name, value []byte) {
 		switch {
 		case bytes.EqualFold(name, []byte("Content-Type")):
 			ct = append(ct, string(value))
 		case bytes.EqualFold(name, []byte("Content-Transfer-Encoding")):
 			cte = append(cte, string(value))
+		default:
+			other = true
 		}
 	})
 	if !ok || len(ct) > 1 {
@@ -299,9 +331,10 @@ func (j *Judge) beginPart() {
 		return
 	}
 	mt := "text/plain" // RFC 2045 5.2 default
+	var params map[string]string
 	if len(ct) == 1 {
 		var err error
-		if mt, _, err = mime.ParseMediaType(ct[0]); err != nil {
+		if mt, params, err = ParseContentType(ct[0]); err != nil {
 			j.fail(ErrPartHeader)
 			return
 		}
@@ -309,7 +342,10 @@ func (j *Judge) beginPart() {
 	ident := identityEncoding(cte)
 	switch {
 	case j.mode == modeMixed:
-		j.partOK = mt == "text/plain" && ident
+		// Only the legacy Secure-Join shape is of interest here.
+		j.partOK = mt == "text/plain" && len(ct) == 1 && !other && (len(params) == 0 ||
+			len(params) == 1 && params["charset"] != "") &&
+			(len(cte) == 0 || strings.EqualFold(strings.TrimSpace(cte[0]), "7bit"))
 	case j.parts == 1:
 		j.partOK = mt == "application/pgp-encrypted" && ident
 		if !j.partOK {
@@ -397,9 +433,10 @@ func (j *Judge) Close() Result {
 		case j.parts != 2:
 			r.Encrypted = ErrPartCount
 		}
+		r.ExtraArmorHeaders = j.armor.extra
 	case modeMixed:
 		r.Encrypted = ErrNotEncryptedType
-		if j.err == nil && !j.done && j.st == stEpilogue && j.parts == 1 && j.partOK {
+		if j.err == nil && !j.done && j.st == stEpilogue && j.parts == 1 && j.partOK && !j.edgeText {
 			r.SoleText = string(bytes.TrimSpace(j.text))
 		}
 	}
@@ -444,7 +481,8 @@ func eachField(h []byte, fn func(name, value []byte)) bool {
 		}
 		flush()
 		k, v, ok := bytes.Cut(l, []byte(":"))
-		if !ok || len(k) == 0 || bytes.ContainsAny(k, " \t") {
+		// A name starting with '-' could be a mangled delimiter.
+		if !ok || len(k) == 0 || k[0] == '-' || bytes.ContainsAny(k, " \t") {
 			return false
 		}
 		name, value = k, append([]byte(nil), v...)

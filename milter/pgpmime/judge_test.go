@@ -66,6 +66,7 @@ func TestFixtures(t *testing.T) {
 		"neg-truncated.eml":            ErrTruncated,
 		"neg-bad-checksum.eml":         ErrArmorChecksum,
 		"neg-unknown-armor-header.eml": ErrArmorHeader,
+		"neg-long-armor-header.eml":    ErrArmorHeader,
 		"neg-garbage-after-end.eml":    ErrArmorTrailer,
 		"neg-two-blocks.eml":           ErrArmorTrailer,
 		"neg-text-before-armor.eml":    ErrArmorBegin,
@@ -113,11 +114,21 @@ func TestFixtures(t *testing.T) {
 
 func TestSoleText(t *testing.T) {
 	for name, want := range map[string]string{
-		"securejoin-vc.eml":        "Secure-Join: vc-request",
-		"securejoin-fake.eml":      "Buy cheap watches!",
-		"securejoin-two-parts.eml": "",
-		"asm.eml":                  "",
-		"enc-v4.eml":               "",
+		"securejoin-vc.eml":       "Secure-Join: vc-request",
+		"securejoin-vg.eml":       "Secure-Join: vg-request",
+		"securejoin-vc-older.eml": "Secure-Join: vc-request",
+		"securejoin-fake.eml":     "Buy cheap watches!",
+		// Review findings: a line starting with the delimiter hides a part
+		// from this judge but not from Delta Chat; RFC 2231 or quoted
+		// parameters make the boundary ambiguous; text in the preamble,
+		// epilogue and part header rides along.
+		"securejoin-delimiter-prefix.eml": "",
+		"securejoin-rfc2231-boundary.eml": "",
+		"securejoin-quoted-semicolon.eml": "",
+		"securejoin-extra-text.eml":       "",
+		"securejoin-two-parts.eml":        "",
+		"asm.eml":                         "",
+		"enc-v4.eml":                      "",
 	} {
 		raw, err := os.ReadFile("../testdata/" + name)
 		if err != nil {
@@ -177,6 +188,12 @@ func TestArmorEdges(t *testing.T) {
 		{"armor header comment", edit(func(ls []string) []string {
 			return append(ls[:begin+1], append([]string{"Comment: x"}, ls[begin+1:]...)...)
 		}), true},
+		{"long armor header", edit(func(ls []string) []string {
+			return append(ls[:begin+1], append([]string{"Comment: " + strings.Repeat("x", MaxArmorHeaderValue+1)}, ls[begin+1:]...)...)
+		}), false},
+		{"longest armor header", edit(func(ls []string) []string {
+			return append(ls[:begin+1], append([]string{"Version: " + strings.Repeat("x", MaxArmorHeaderValue)}, ls[begin+1:]...)...)
+		}), true},
 		{"too many armor headers", edit(func(ls []string) []string {
 			h := []string{"Comment: 1", "Comment: 2", "Comment: 3", "Comment: 4", "Comment: 5", "Comment: 6"}
 			return append(ls[:begin+1], append(h, ls[begin+1:]...)...)
@@ -207,6 +224,15 @@ func TestTopLevelHeaders(t *testing.T) {
 		{"no content type", nil, nil, ErrContentType},
 		{"base64", ct, []string{"base64"}, ErrTransferEncoding},
 		{"bad syntax", []string{"multipart/encrypted; boundary"}, nil, ErrContentType},
+		{"rfc 2231 boundary", []string{ct[0] + "; boundary*=utf-8''AsXr7bq0ZVm2Lw9c"}, nil, ErrContentType},
+		{"rfc 2231 other", []string{ct[0] + "; x*0=a"}, nil, ErrContentType},
+		{"duplicate boundary", []string{ct[0] + "; Boundary=AsXr7bq0ZVm2Lw9c"}, nil, ErrContentType},
+		{"quoted semicolon", []string{ct[0] + `; x="; boundary=y"`}, nil, ErrContentType},
+		{"quoted backslash", []string{ct[0] + `; x="\"; boundary=y"`}, nil, ErrContentType},
+		{"unterminated quote", []string{ct[0] + `; x="a`}, nil, ErrContentType},
+		{"boundary not bchars", []string{`multipart/encrypted; protocol="application/pgp-encrypted"; boundary="a<b"`}, nil, ErrContentType},
+		{"boundary ends in space", []string{`multipart/encrypted; protocol="application/pgp-encrypted"; boundary="a "`}, nil, ErrContentType},
+		{"boundary too long", []string{`multipart/encrypted; protocol="application/pgp-encrypted"; boundary="` + strings.Repeat("a", 71) + `"`}, nil, ErrContentType},
 	} {
 		res := judge(c.ct, c.cte, body, rand.New(rand.NewPCG(7, 8)))
 		if !errors.Is(res.Encrypted, c.want) {
@@ -230,6 +256,57 @@ func TestReset(t *testing.T) {
 		j.Write(body)
 		if res := j.Close(); (res.Encrypted == nil) != ok {
 			t.Fatalf("round %d: %v", i, res.Encrypted)
+		}
+	}
+}
+
+// TestDelimiters checks that a line starting with the dash-boundary is an
+// exact delimiter or makes the message fail, wherever it is: Delta Chat's
+// parser splits parts at any such line.
+func TestDelimiters(t *testing.T) {
+	raw, err := os.ReadFile("../testdata/enc-v4.eml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, cte, body := splitMessage(t, raw)
+	const d = "--AsXr7bq0ZVm2Lw9c"
+	sj := []string{`multipart/mixed; boundary="b"`}
+	for _, c := range []struct {
+		name string
+		ct   []string
+		body string
+		ok   bool
+	}{
+		{"unchanged", ct, string(body), true},
+		{"padding", ct, strings.ReplaceAll(string(body), d+"\r\n", d+" \t\r\n"), true},
+		{"close padding", ct, strings.Replace(string(body), d+"--", d+"-- ", 1), true},
+		{"prefix in preamble", ct, d + "x\r\n" + string(body), false},
+		{"inside preamble", ct, "see " + d + "\r\n" + string(body), false},
+		{"prefix in epilogue", ct, string(body) + d + "-x\r\n", false},
+		{"close with suffix", ct, strings.Replace(string(body), d+"--", d+"--x", 1), false},
+		{"prefix in version part", ct, strings.Replace(string(body), "Version: 1", "Version: 1\r\n"+d+"x", 1), false},
+		{"prefix in armor", ct, strings.Replace(string(body), "-----END PGP MESSAGE-----", d+"-x\r\n-----END PGP MESSAGE-----", 1), false},
+		{"prefix as part field", ct, strings.Replace(string(body), "Content-Type: application/octet-stream", d+"x: y\r\nContent-Type: application/octet-stream", 1), false},
+
+		{"sole text", sj, "--b\r\nContent-Type: text/plain\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", true},
+		{"sole text hidden part", sj, "--b-x\r\nContent-Type: text/plain\r\n\r\nspam\r\n--b\r\nContent-Type: text/plain\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
+		{"sole text prefix in body", sj, "--b\r\nContent-Type: text/plain\r\n\r\nSecure-Join: vc-request\r\n--bx\r\n--b--\r\n", false},
+		{"sole text dash field", sj, "--b\r\nContent-Type: text/plain\r\n-x: y\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
+		{"sole text blank edges", sj, "\r\n \r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 7bit\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n\r\n\r\n", true},
+		{"sole text preamble", sj, "hi\r\n--b\r\nContent-Type: text/plain\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
+		{"sole text epilogue", sj, "--b\r\nContent-Type: text/plain\r\n\r\nSecure-Join: vc-request\r\n--b--\r\nhi\r\n", false},
+		{"sole text no content type", sj, "--b\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
+		{"sole text name param", sj, "--b\r\nContent-Type: text/plain; name=x\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
+		{"sole text 8bit", sj, "--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: 8bit\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
+		{"sole text disposition", sj, "--b\r\nContent-Type: text/plain\r\nContent-Disposition: inline\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
+		{"sole text rfc 2231 part", sj, "--b\r\nContent-Type: text/plain; charset*=utf-8''x\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
+	} {
+		for _, rnd := range []*rand.Rand{rand.New(rand.NewPCG(9, 10)), rand.New(rand.NewPCG(11, 12))} {
+			res := judge(c.ct, cte, []byte(c.body), rnd)
+			got := res.Encrypted == nil || res.SoleText != ""
+			if got != c.ok {
+				t.Errorf("%s: got %v %q, want ok=%v", c.name, res.Encrypted, res.SoleText, c.ok)
+			}
 		}
 	}
 }

@@ -36,3 +36,41 @@ func headerAddress(value string) string {
 	}
 	return normalize(list[0].Address)
 }
+
+// sameAddress reports whether two normalized addresses are the same
+// mailbox: equal ignoring case (the domains are lower-cased already; local
+// parts are compared case-insensitively as Dovecot lower-cases logins).
+// The null address is nobody's.
+func sameAddress(a, b string) bool { return a != "" && strings.EqualFold(a, b) }
+
+// plainAddress reports whether a normalized address is a plain
+// local@domain: a dot-atom local part without '%' or '!', and a domain
+// name. Anything else ("" included) may be rewritten by the MTA (percent
+// hack, bang path, source route) or routed by an address literal.
+func plainAddress(addr string) bool {
+	local, domain, ok := strings.Cut(addr, "@")
+	if !ok || !dotAtom(local, "#$&'*+-/=?^_`{|}~") || !dotAtom(domain, "-") {
+		return false
+	}
+	return true
+}
+
+// dotAtom reports whether s is dot-separated non-empty runs of letters,
+// digits and the given extra characters.
+func dotAtom(s, extra string) bool {
+	if s == "" {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(extra, c) >= 0) {
+				return false
+			}
+		}
+	}
+	return true
+}

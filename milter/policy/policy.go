@@ -11,13 +11,39 @@
 // other domains on a mixed server get only the encryption rule, and only
 // when they write to chatmail users. Everything else passes untouched.
 //
+// The direction comes only from {auth_authen}. Unauthenticated mail whose
+// envelope sender is in a chatmail domain, or is not a plain address (see
+// below), is in scope too and gets the incoming rules, whoever it goes to:
+// a chatmail address never sends cleartext unauthenticated.
+//
+// Scope is decided on the envelope addresses as the client wrote them,
+// before the MTA rewrites them, so an address counts as a chatmail one
+// unless it is plainly not: a recipient (or unauthenticated sender) that
+// is not a plain local@domain (a dot-atom local part without '%' or '!',
+// and a domain name) puts the message in scope. This covers the percent
+// hack (bob%chat.example@[192.0.2.1]), bang paths (chat.example!bob@...),
+// source routes (@a.example:bob@chat.example), address literals and
+// quoted local parts, which Postfix may route to a chatmail mailbox. Such
+// recipients are not refused: encrypted mail to them passes, cleartext is
+// refused with the usual 523 at the end of the message. Postfix should
+// still set allow_percent_hack = no and swap_bangpath = no.
+//
+// Local parts are compared case-insensitively in the identity checks
+// (SASL login, envelope sender, From), as Dovecot lower-cases logins.
+//
 // Decisions on cleartext that the existing relay left open:
 //
 //   - Legacy Secure-Join requests pass in both directions to anyone, only
 //     in the exact shape Delta Chat sends: a single Secure-Join field
-//     "vc-request" or "vg-request", multipart/mixed with one text/plain
-//     part in an identity transfer encoding whose body, trimmed and
-//     case-folded, is "secure-join: " and the same step as the field.
+//     "vc-request" or "vg-request", a header section of at most
+//     maxSecureJoinHeader bytes, multipart/mixed with blank-only preamble
+//     and epilogue and one part whose header is only Content-Type
+//     text/plain (charset allowed) and optionally Content-Transfer-Encoding
+//     7bit, and whose body, trimmed and case-folded, is "secure-join: " and
+//     the same step as the field (pgpmime.Result.SoleText).
+//   - OpenPGP armor headers other than Version (Comment, Hash, ...) pass
+//     incoming only; Delta Chat writes none. Each value is at most
+//     pgpmime.MaxArmorHeaderValue bytes.
 //   - The Autocrypt Setup Message passes outgoing only, when every
 //     recipient is the authenticated sender, Subject is exactly "Autocrypt
 //     Setup Message", an Autocrypt-Setup-Message field says v1 (Autocrypt
@@ -39,6 +65,7 @@ import (
 	"log/slog"
 	"net/textproto"
 	"strings"
+	"sync"
 
 	"chatmail.dev/milter/dkimstream"
 	"chatmail.dev/milter/pgpmime"
@@ -49,6 +76,13 @@ import (
 // maxHeader bounds the header section kept per message; Postfix's own
 // header_size_limit is 100 KiB.
 const maxHeader = 256 << 10
+
+// maxSecureJoinHeader bounds the header section of a cleartext Secure-Join
+// request; Delta Chat's is about 1 KiB with an Ed25519 Autocrypt key.
+const maxSecureJoinHeader = 8 << 10
+
+// judges keeps judges, with their buffers, from one message to the next.
+var judges = sync.Pool{New: func() any { return pgpmime.NewJudge(nil, nil) }}
 
 // strip lists the fields removed from outgoing mail because they identify
 // the sender's device or network (cf. the relay's submission_header_cleanup).
@@ -92,21 +126,27 @@ const (
 	ReasonInternal      Reason = "internal_error"
 )
 
-// Reasons lists the reasons that occur per direction, for pre-creating
-// metric series.
+// Reasons lists the reasons of final verdicts on messages per direction,
+// for pre-creating metric series.
 var Reasons = map[Direction][]Reason{
 	Outgoing: {ReasonEncrypted, ReasonSecureJoin, ReasonSetupMessage, ReasonNotChatmail, ReasonCleartext,
-		ReasonBadFrom, ReasonBadSender, ReasonRateLimited, ReasonTooManyRcpts, ReasonHeaderSize, ReasonInternal},
+		ReasonBadFrom, ReasonHeaderSize, ReasonInternal},
 	Incoming: {ReasonEncrypted, ReasonSecureJoin, ReasonBounce, ReasonNotChatmail, ReasonCleartext, ReasonBadFrom,
 		ReasonDKIMUnsigned, ReasonDKIMInvalid, ReasonDKIMUnaligned, ReasonDKIMTempFail, ReasonHeaderSize, ReasonInternal},
 }
 
+// RcptReasons lists the reasons a recipient is refused at RCPT.
+var RcptReasons = []Reason{ReasonBadSender, ReasonRateLimited, ReasonTooManyRcpts, ReasonInternal}
+
 // Field is a header field.
 type Field struct {
+	// Name is canonical; Value is without the one space or tab that
+	// usually follows the colon.
 	Name, Value string
-	// Raw is the name as written; DKIM's simple canonicalization signs the
-	// exact bytes, so the header is rebuilt with it. Empty means Name.
-	Raw string
+	// Raw and RawValue are the name and the value (everything after the
+	// colon) as written; DKIM's simple canonicalization signs the exact
+	// bytes, so the header is rebuilt from them. Empty Raw means Name.
+	Raw, RawValue string
 }
 
 // HeaderRef names the Index-th (from 1) field called Name.
@@ -184,7 +224,8 @@ type Txn struct {
 	auth       string // normalized SASL login, "" if none
 	sender     string // normalized envelope sender, "" for <>
 	rcpts      []string
-	toChatmail bool   // some recipient is in a chatmail domain
+	toChatmail bool   // some recipient is in a chatmail domain, or may be
+	fromUnauth bool   // unauthenticated, but the sender may be a chatmail one
 	fromLocal  bool   // the sender is a chatmail user
 	rcptReply  *Reply // sticky refusal of every recipient
 	rcptReason Reason
@@ -210,6 +251,8 @@ func (e *Engine) Begin(auth, sender string) *Txn {
 	if auth != "" {
 		t.dir = Outgoing
 		t.fromLocal = e.mail.Serves(domainOf(t.auth)) || e.mail.Serves(domainOf(t.sender))
+	} else if strings.Trim(strings.TrimSpace(sender), "<>") != "" {
+		t.fromUnauth = e.mayServe(t.sender)
 	}
 	t.log = e.log.With("dir", t.dir.String())
 	return t
@@ -235,9 +278,9 @@ func (t *Txn) Rcpt(rcpt string) *Verdict {
 			// client sees the refusal per recipient, as with the relay's
 			// SMTP proxy (and its tests).
 			switch {
-			case t.sender != t.auth:
+			case !sameAddress(t.sender, t.auth):
 				t.refuseAll(ReasonBadSender, ReplyBadSender)
-			case !t.e.limiter.Allow(t.auth):
+			case !t.e.limiter.Allow(strings.ToLower(t.auth)):
 				t.refuseAll(ReasonRateLimited, rateLimited(t.auth))
 			}
 			if t.rcptReply != nil {
@@ -247,26 +290,39 @@ func (t *Txn) Rcpt(rcpt string) *Verdict {
 		}
 	}
 	t.rcpts = append(t.rcpts, r)
-	if t.e.mail.Serves(domainOf(r)) {
+	if t.e.mayServe(r) {
 		t.toChatmail = true
 	}
 	return nil
+}
+
+// mayServe reports whether the normalized address addr may reach a
+// chatmail mailbox: it is in a chatmail domain or is not a plain address
+// ("" included), so the MTA might rewrite it into one.
+func (e *Engine) mayServe(addr string) bool {
+	return !plainAddress(addr) || e.mail.Serves(domainOf(addr))
 }
 
 func (t *Txn) refuseAll(reason Reason, r Reply) {
 	t.rcptReply, t.rcptReason = &r, reason
 }
 
-// Header records one header field as the MTA passes it: name, and the
-// value without the leading space.
+// Header records one header field as the MTA passes it with
+// SMFIP_HDR_LEADSPC: the name, and the value as written after the colon,
+// leading space included.
 func (t *Txn) Header(name, value string) {
-	t.hdrSize += len(name) + len(value) + 4
+	t.hdrSize += len(name) + len(value) + 3
 	if t.hdrSize > maxHeader {
 		return
 	}
-	canon := textproto.CanonicalMIMEHeaderKey(name)
+	// "Content-Type :" is the Content-Type field for MIME parsers too.
+	canon := textproto.CanonicalMIMEHeaderKey(strings.Trim(name, " \t"))
+	v := value
+	if v != "" && (v[0] == ' ' || v[0] == '\t') {
+		v = v[1:]
+	}
 	t.counts[canon]++
-	t.fields = append(t.fields, Field{Name: canon, Value: value, Raw: name})
+	t.fields = append(t.fields, Field{Name: canon, Value: v, Raw: name, RawValue: value})
 }
 
 // values returns the values of the fields called name (canonical form).
@@ -285,7 +341,7 @@ func (t *Txn) EndHeaders() *Verdict {
 	if t.hdrSize > maxHeader {
 		return t.final(ReasonHeaderSize, ReplyHeaderTooLarge)
 	}
-	t.scope = t.fromLocal || t.toChatmail
+	t.scope = t.fromLocal || t.toChatmail || t.fromUnauth
 	if !t.scope {
 		return t.final(ReasonNotChatmail, ReplyAccepted)
 	}
@@ -293,14 +349,15 @@ func (t *Txn) EndHeaders() *Verdict {
 	if len(froms) == 1 {
 		t.from = headerAddress(froms[0])
 	}
-	if t.fromLocal && (t.from == "" || t.from != t.auth || t.from != t.sender) {
+	if t.fromLocal && (!sameAddress(t.from, t.auth) || !sameAddress(t.from, t.sender)) {
 		t.log.Info("refused From", logging.User(t.auth), logging.Addr(t.from))
 		return t.final(ReasonBadFrom, ReplyBadFrom)
 	}
 	if t.dir == Incoming && t.from == "" {
 		return t.final(ReasonBadFrom, ReplyBadFrom)
 	}
-	t.judge = pgpmime.NewJudge(t.values("Content-Type"), t.values("Content-Transfer-Encoding"))
+	t.judge = judges.Get().(*pgpmime.Judge)
+	t.judge.Reset(t.values("Content-Type"), t.values("Content-Transfer-Encoding"))
 	t.dkimCount = len(t.values("Dkim-Signature"))
 
 	var w []func(p []byte) (int, error)
@@ -341,14 +398,30 @@ func (t *Txn) EndHeaders() *Verdict {
 	return nil
 }
 
-// candidate reports whether the message may pass the cleartext rules, so
-// that DKIM verification (and its DNS queries) is only started for those.
-func (t *Txn) candidate() bool {
-	switch t.judge.MediaType() {
-	case "multipart/encrypted", "multipart/mixed", "multipart/report":
-		return true
+// candidate reports whether the message may pass the encryption rule or
+// an exception, so that DKIM verification (and its DNS queries) is only
+// started for those.
+func (t *Txn) candidate() bool { return len(t.rules(t.judge.MediaType())) > 0 }
+
+// rules lists the rules that a message with top-level media type mt can
+// pass in this transaction, in the order classify tries them. It holds the
+// media-type and direction conditions of every rule, for classify and
+// candidate both.
+func (t *Txn) rules(mt string) []Reason {
+	switch mt {
+	case "multipart/encrypted":
+		return []Reason{ReasonEncrypted}
+	case "multipart/mixed":
+		if t.fromLocal {
+			return []Reason{ReasonSecureJoin, ReasonSetupMessage}
+		}
+		return []Reason{ReasonSecureJoin}
+	case "multipart/report":
+		if t.dir == Incoming {
+			return []Reason{ReasonBounce}
+		}
 	}
-	return false
+	return nil
 }
 
 // writeHeader writes the header section as the fields were received;
@@ -361,17 +434,24 @@ func writeHeader(write func([]byte) (int, error), fields []Field, stripped bool)
 		}
 		if f.Raw != "" {
 			b.WriteString(f.Raw)
+			b.WriteString(":")
+			b.WriteString(lf2crlf(f.RawValue))
 		} else {
 			b.WriteString(f.Name)
+			b.WriteString(": ")
+			b.WriteString(lf2crlf(f.Value))
 		}
-		b.WriteString(": ")
-		// Folded values come with bare LF from Postfix.
-		b.WriteString(strings.ReplaceAll(strings.ReplaceAll(f.Value, "\r\n", "\n"), "\n", "\r\n"))
 		b.WriteString("\r\n")
 	}
 	b.WriteString("\r\n")
 	_, err := write([]byte(b.String()))
 	return err
+}
+
+// lf2crlf turns line ends into CRLF; folded values come with bare LF from
+// Postfix.
+func lf2crlf(v string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(v, "\r\n", "\n"), "\n", "\r\n")
 }
 
 // Body streams one body chunk.
@@ -455,39 +535,43 @@ func (t *Txn) phrase(s string) string {
 
 // classify applies the encryption rule and its exceptions.
 func (t *Txn) classify(res pgpmime.Result) (Reason, bool) {
-	if res.Encrypted == nil {
-		return ReasonEncrypted, true
-	}
-	if t.secureJoin(res) {
-		return ReasonSecureJoin, true
-	}
-	if t.fromLocal && t.setupMessage(res) {
-		return ReasonSetupMessage, true
-	}
-	if t.dir == Incoming && t.bounce(res) {
-		return ReasonBounce, true
+	for _, r := range t.rules(res.MediaType) {
+		var ok bool
+		switch r {
+		case ReasonEncrypted:
+			ok = res.Encrypted == nil && (t.dir == Incoming || res.ExtraArmorHeaders == 0)
+		case ReasonSecureJoin:
+			ok = t.secureJoin(res)
+		case ReasonSetupMessage:
+			ok = t.setupMessage()
+		case ReasonBounce:
+			ok = t.bounce(res)
+		}
+		if ok {
+			return r, true
+		}
 	}
 	return "", false
 }
 
 func (t *Txn) secureJoin(res pgpmime.Result) bool {
 	sj := t.values("Secure-Join")
-	if len(sj) != 1 || (sj[0] != "vc-request" && sj[0] != "vg-request") {
+	if len(sj) != 1 || (sj[0] != "vc-request" && sj[0] != "vg-request") || t.hdrSize > maxSecureJoinHeader {
 		return false
 	}
-	return res.MediaType == "multipart/mixed" && strings.ToLower(res.SoleText) == "secure-join: "+sj[0]
+	return strings.ToLower(res.SoleText) == "secure-join: "+sj[0]
 }
 
-func (t *Txn) setupMessage(res pgpmime.Result) bool {
+func (t *Txn) setupMessage() bool {
 	subj, asm := t.values("Subject"), t.values("Autocrypt-Setup-Message")
 	if len(subj) != 1 || subj[0] != "Autocrypt Setup Message" || len(asm) != 1 || strings.TrimSpace(asm[0]) != "v1" {
 		return false
 	}
-	if res.MediaType != "multipart/mixed" || len(t.rcpts) == 0 {
+	if len(t.rcpts) == 0 {
 		return false
 	}
 	for _, r := range t.rcpts {
-		if r != t.auth {
+		if !sameAddress(r, t.auth) {
 			return false
 		}
 	}
@@ -508,13 +592,19 @@ func (t *Txn) bounce(res pgpmime.Result) bool {
 	if kw == "" || kw == "no" {
 		return false
 	}
-	return res.MediaType == "multipart/report" && strings.EqualFold(res.Params["report-type"], "delivery-status")
+	return strings.EqualFold(res.Params["report-type"], "delivery-status")
 }
 
 // checkDKIM requires an aligned valid signature; nil means it passed.
 func (t *Txn) checkDKIM(ctx context.Context) *Verdict {
 	if t.dkimCount == 0 {
 		return t.final(ReasonDKIMUnsigned, ReplyUnsigned)
+	}
+	if t.verify == nil {
+		// Not started although the message may pass: a bug, not the
+		// sender's fault.
+		t.log.Error("dkim verification was not started")
+		return t.final(ReasonInternal, ReplyInternal)
 	}
 	out, err := t.verify.Result(ctx, domainOf(t.from))
 	t.verify = nil
@@ -547,6 +637,10 @@ func (t *Txn) Close() {
 	if t.verify != nil {
 		t.verify.Abort()
 		t.verify = nil
+	}
+	if t.judge != nil {
+		judges.Put(t.judge)
+		t.judge = nil
 	}
 }
 

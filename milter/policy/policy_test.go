@@ -114,6 +114,14 @@ func TestRules(t *testing.T) {
 		{"securejoin mismatch", "securejoin-mismatch.eml", out, 523, ReasonCleartext},
 		{"securejoin pubkey in clear", "securejoin-pubkey.eml", out, 523, ReasonCleartext},
 		{"securejoin two parts", "securejoin-two-parts.eml", out, 523, ReasonCleartext},
+		{"securejoin older client shape in", "securejoin-vc-older.eml", envelope{"", alice, []string{bob}}, 250, ReasonSecureJoin},
+		{"securejoin delimiter prefix", "securejoin-delimiter-prefix.eml", out, 523, ReasonCleartext},
+		{"securejoin rfc 2231 boundary", "securejoin-rfc2231-boundary.eml", out, 523, ReasonCleartext},
+		{"securejoin quoted semicolon", "securejoin-quoted-semicolon.eml", out, 523, ReasonCleartext},
+		{"securejoin extra text", "securejoin-extra-text.eml", out, 523, ReasonCleartext},
+		{"armor comment out", "enc-armor-headers.eml", out, 523, ReasonCleartext},
+		{"armor comment in", "enc-armor-headers.eml", envelope{"", alice, []string{bob}}, 250, ReasonEncrypted},
+		{"long armor header in", "neg-long-armor-header.eml", envelope{"", alice, []string{bob}}, 523, ReasonCleartext},
 		{"setup message to self", "asm.eml", envelope{alice, alice, []string{alice}}, 250, ReasonSetupMessage},
 		{"setup message to other", "asm.eml", envelope{alice, alice, []string{alice, bob}}, 523, ReasonCleartext},
 		{"setup message incoming", "asm.eml", envelope{"", carol, []string{alice}}, 523, ReasonCleartext},
@@ -130,6 +138,19 @@ func TestRules(t *testing.T) {
 		{"bounce not daemon", "bounce-not-daemon.eml", inNull, 523, ReasonCleartext},
 		{"plain in to other domain", "neg-plain.eml", envelope{"", carol, []string{"dave@elsewhere.example"}}, 250, ReasonNotChatmail},
 		{"plain in mixed recipients", "neg-plain.eml", envelope{"", carol, []string{"dave@elsewhere.example", bob}}, 523, ReasonCleartext},
+		// Recipients the MTA may rewrite into a chatmail address are in scope.
+		{"percent hack", "neg-plain.eml", envelope{"", carol, []string{"bob%chat.example@[127.0.0.1]"}}, 523, ReasonCleartext},
+		{"bang path", "neg-plain.eml", envelope{"", carol, []string{"chat.example!bob@[127.0.0.1]"}}, 523, ReasonCleartext},
+		{"bang path other domain", "neg-plain.eml", envelope{"", carol, []string{"chat.example!bob@elsewhere.example"}}, 523, ReasonCleartext},
+		{"source route", "neg-plain.eml", envelope{"", carol, []string{"@chat.example:bob@chat.example"}}, 523, ReasonCleartext},
+		{"source route other", "neg-plain.eml", envelope{"", carol, []string{"@elsewhere.example:bob@elsewhere.example"}}, 523, ReasonCleartext},
+		{"address literal", "neg-plain.eml", envelope{"", carol, []string{"bob@[127.0.0.1]"}}, 523, ReasonCleartext},
+		{"quoted local part", "neg-plain.eml", envelope{"", carol, []string{`"bob@chat.example"@elsewhere.example`}}, 523, ReasonCleartext},
+		{"unparsable", "neg-plain.eml", envelope{"", carol, []string{"bob"}}, 523, ReasonCleartext},
+		{"encrypted to literal", "enc-v4.eml", envelope{"", alice, []string{"bob@[127.0.0.1]"}}, 250, ReasonEncrypted},
+		// Unauthenticated mail from a chatmail address gets the incoming rules.
+		{"unauthenticated chatmail sender", "neg-plain.eml", envelope{"", alice, []string{"dave@elsewhere.example"}}, 523, ReasonCleartext},
+		{"unauthenticated odd sender", "neg-plain.eml", envelope{"", "alice%chat.example@[127.0.0.1]", []string{"dave@elsewhere.example"}}, 523, ReasonCleartext},
 
 		{"other-domain user to other", "neg-plain.eml", envelope{carol, carol, []string{"dave@elsewhere.example"}}, 250, ReasonNotChatmail},
 		{"other-domain user to chatmail", "neg-plain.eml", envelope{carol, carol, []string{bob}}, 523, ReasonCleartext},
@@ -137,7 +158,8 @@ func TestRules(t *testing.T) {
 		{"From forged", "enc-v4.eml", envelope{bob, bob, []string{carol}}, 554, ReasonBadFrom},
 		{"envelope forged", "enc-v4.eml", envelope{bob, alice, []string{carol}}, 553, ReasonBadSender},
 		{"domain case", "enc-v4.eml", envelope{"alice@Chat.Example", "alice@CHAT.example", []string{carol}}, 250, ReasonEncrypted},
-		{"local part case", "enc-v4.eml", envelope{"Alice@chat.example", "Alice@chat.example", []string{carol}}, 554, ReasonBadFrom},
+		{"local part case", "enc-v4.eml", envelope{"Alice@chat.example", "Alice@chat.example", []string{carol}}, 250, ReasonEncrypted},
+		{"local part case differs", "enc-v4.eml", envelope{"alice@chat.example", "ALICE@chat.example", []string{carol}}, 250, ReasonEncrypted},
 	}
 	e := testEngine(t, func(c *Config) { c.RateBurst = 1000 })
 	for _, c := range cases {
@@ -403,4 +425,73 @@ func TestToCRLF(t *testing.T) {
 		t.Fatalf("%q", out)
 	}
 	_ = io.Discard
+}
+
+func TestSecureJoinHeaderCap(t *testing.T) {
+	e := testEngine(t, nil)
+	out := envelope{alice, alice, []string{carol}}
+	msg := fixture(t, "securejoin-vc.eml")
+	big := append([]byte("X-Pad: "+strings.Repeat("x", 70)+strings.Repeat("\r\n\t"+strings.Repeat("x", 70), maxSecureJoinHeader/72)+"\r\n"), msg...)
+	if v := run(t, e, out, big); v.Reply.Code != 523 {
+		t.Fatalf("big header: %+v", v)
+	}
+	if v := run(t, e, out, msg); v.Reply.Code != 250 {
+		t.Fatalf("normal header: %+v", v)
+	}
+}
+
+// TestHeaderNameSpace checks that "Content-Type :" counts as Content-Type,
+// so that a second Content-Type field is noticed.
+func TestHeaderNameSpace(t *testing.T) {
+	e := testEngine(t, nil)
+	txn := e.Begin("", alice)
+	defer txn.Close()
+	if v := txn.Rcpt(bob); v != nil {
+		t.Fatal(v)
+	}
+	msg := fixture(t, "enc-v4.eml")
+	v, err := Replay(context.Background(), txn, bytes.NewReader(append([]byte("Content-Type : text/plain\r\n"), msg...)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Reply.Code != 523 {
+		t.Fatalf("got %+v", v)
+	}
+}
+
+// TestDKIMNotStarted checks that a verification that was never started is
+// an internal error, not a crash.
+func TestDKIMNotStarted(t *testing.T) {
+	e := testEngine(t, nil)
+	txn := e.Begin("", carol)
+	defer txn.Close()
+	txn.dkimCount, txn.from = 1, carol
+	if v := txn.checkDKIM(context.Background()); v == nil || v.Reason != ReasonInternal {
+		t.Fatalf("got %+v", v)
+	}
+}
+
+// TestSimpleCanonicalization checks incoming DKIM with simple header
+// canonicalization on fields written without a space, or with a tab,
+// after the colon.
+func TestSimpleCanonicalization(t *testing.T) {
+	for _, variant := range []string{"Subject: [...]", "Subject:[...]", "Subject:\t[...]", "Subject:  [...]"} {
+		pub, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := bytes.Replace(fixture(t, "enc-v4.eml"), []byte("Subject: [...]"), []byte(variant), 1)
+		msg = bytes.Replace(msg, []byte("From: <alice@chat.example>"), []byte("From:<carol@other.example>"), 1)
+		var signed bytes.Buffer
+		opts := &dkim.SignOptions{Domain: "other.example", Selector: "s1", Signer: priv,
+			HeaderCanonicalization: dkim.CanonicalizationSimple, BodyCanonicalization: dkim.CanonicalizationSimple}
+		if err := dkim.Sign(&signed, bytes.NewReader(msg), opts); err != nil {
+			t.Fatal(err)
+		}
+		e := testEngine(t, nil)
+		e.SetLookup(dkimstream.Map{"s1._domainkey.other.example": "v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(pub)})
+		if v := run(t, e, envelope{"", carol, []string{bob}}, signed.Bytes()); v.Reply.Code != 250 {
+			t.Errorf("%q: %+v", variant, v)
+		}
+	}
 }

@@ -14,8 +14,9 @@ import (
 const ChunkSize = 64 << 10
 
 // Replay runs the header and body stages of t on a raw message, the way
-// Postfix would present it to a milter: header fields one by one (value
-// without the space after the colon, folded lines joined by LF), then the
+// Postfix would present it to a milter that asked for SMFIP_HDR_LEADSPC:
+// header fields one by one (the value as written after the colon, folded
+// lines joined by LF), then the
 // body in chunks of at most ChunkSize with CRLF line endings. A message
 // with LF line endings is converted, as Postfix converts it.
 func Replay(ctx context.Context, t *Txn, r io.Reader) (*Verdict, error) {
@@ -50,10 +51,12 @@ func Replay(ctx context.Context, t *Txn, r io.Reader) (*Verdict, error) {
 		} else {
 			flush()
 			n, v, ok := strings.Cut(l, ":")
-			if !ok || n == "" || strings.ContainsAny(n, " \t") {
+			// Space before the colon is allowed (RFC 5322 4.5.3 obsolete
+			// syntax, and Postfix takes it); Txn.Header trims it.
+			if !ok || strings.TrimRight(n, " \t") == "" || strings.ContainsAny(strings.TrimRight(n, " \t"), " \t") {
 				return nil, fmt.Errorf("malformed header line %q", l)
 			}
-			name, value, have = n, strings.TrimPrefix(v, " "), true
+			name, value, have = n, v, true
 		}
 		if errors.Is(err, io.EOF) {
 			break

@@ -14,7 +14,7 @@ type Reply struct {
 }
 
 // Error implements error; it is the reply line.
-func (r *Reply) Error() string { return r.String() }
+func (r Reply) Error() string { return r.String() }
 
 func (r Reply) String() string {
 	return fmt.Sprintf("%d %s %s", r.Code, r.Enhanced, r.Text)

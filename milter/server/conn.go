@@ -7,6 +7,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"chatmail.dev/milter/policy"
 )
 
 // listener registers every accepted connection with the server.
@@ -20,7 +22,7 @@ func (l *listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &conn{Conn: c, s: l.s}
+	w := &conn{Conn: c, s: l.s, done: make(chan struct{})}
 	l.s.mu.Lock()
 	l.s.conns[w] = struct{}{}
 	l.s.wg.Add(1)
@@ -42,6 +44,15 @@ type conn struct {
 	lastCmd byte
 	in, out packetScanner
 	closed  bool
+	done    chan struct{} // closed by Close
+	txn     *policy.Txn   // transaction in progress, ended by Close
+}
+
+// setTxn records the transaction in progress on this connection.
+func (c *conn) setTxn(t *policy.Txn) {
+	c.mu.Lock()
+	c.txn = t
+	c.mu.Unlock()
 }
 
 func (c *conn) Read(p []byte) (int, error) {
@@ -109,9 +120,18 @@ func (c *conn) Close() error {
 	c.mu.Lock()
 	first := !c.closed
 	c.closed = true
+	txn := c.txn
+	c.txn = nil
 	c.mu.Unlock()
 	err := c.Conn.Close()
 	if first {
+		// go-milter closes the connection from the goroutine that runs
+		// the callbacks, once it stops reading, so no callback uses txn
+		// any more. Ending it stops the DKIM goroutines blocked on it.
+		if txn != nil {
+			txn.Close()
+		}
+		close(c.done)
 		c.s.mu.Lock()
 		delete(c.s.conns, c)
 		c.s.mu.Unlock()
@@ -120,6 +140,25 @@ func (c *conn) Close() error {
 	}
 	return err
 }
+
+// oneConn is a listener that yields one connection, then blocks until
+// that connection is closed.
+type oneConn struct {
+	c    *conn
+	used bool
+}
+
+func (l *oneConn) Accept() (net.Conn, error) {
+	if !l.used {
+		l.used = true
+		return l.c, nil
+	}
+	<-l.c.done
+	return nil, net.ErrClosed
+}
+
+func (l *oneConn) Close() error   { return nil }
+func (l *oneConn) Addr() net.Addr { return l.c.LocalAddr() }
 
 // packetScanner finds the code byte of each milter packet (a 4-byte
 // length, then the code, then the data) in a byte stream.

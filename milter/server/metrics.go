@@ -10,10 +10,11 @@ import (
 // Metrics are the milter's own series. No label names a user, an address
 // or a peer.
 type Metrics struct {
-	Verdicts *prometheus.CounterVec
-	Latency  *prometheus.HistogramVec
-	Size     prometheus.Histogram
-	Sessions prometheus.Gauge
+	Verdicts     *prometheus.CounterVec
+	RcptRefusals *prometheus.CounterVec
+	Latency      *prometheus.HistogramVec
+	Size         prometheus.Histogram
+	Sessions     prometheus.Gauge
 }
 
 // NewMetrics registers the series on reg, every label value at zero.
@@ -21,8 +22,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		Verdicts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "chatmail_milter_verdicts_total",
-			Help: "Decisions on messages by direction and reason; a refusal at RCPT counts once per message.",
+			Help: "Final decisions on messages by direction and reason.",
 		}, []string{"direction", "reason"}),
+		RcptRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chatmail_milter_rcpt_refusals_total",
+			Help: "Recipients refused at RCPT, by reason.",
+		}, []string{"reason"}),
 		Latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "chatmail_milter_decision_duration_seconds",
 			Help:    "Time from the end of the message to the milter's answer, DKIM lookups included.",
@@ -38,7 +43,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Milter connections from the MTA currently open.",
 		}),
 	}
-	reg.MustRegister(m.Verdicts, m.Latency, m.Size, m.Sessions)
+	reg.MustRegister(m.Verdicts, m.RcptRefusals, m.Latency, m.Size, m.Sessions)
+	for _, r := range policy.RcptReasons {
+		m.RcptRefusals.WithLabelValues(string(r))
+	}
 	for d, reasons := range policy.Reasons {
 		m.Latency.WithLabelValues(d.String())
 		for _, r := range reasons {

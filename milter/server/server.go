@@ -11,6 +11,11 @@
 // The milter needs {auth_authen} with MAIL FROM (Postfix's default
 // milter_mail_macros include it); it tells submissions (outgoing) from
 // incoming mail.
+//
+// It asks for header values with their leading space (SMFIP_HDR_LEADSPC,
+// which Postfix honours whatever protocol version the milter announces),
+// so that DKIM simple canonicalization sees "Subject:x" and "Subject:\tx"
+// as written; fields it adds therefore carry their own leading space.
 package server
 
 import (
@@ -54,24 +59,39 @@ func New(engine *policy.Engine, log *slog.Logger, m *Metrics) *Server {
 // accepting, closes idle sessions and waits for sessions with a message in
 // progress to answer it.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	ms := &milter.Server{
-		NewMilter: func() milter.Milter { return &backend{s: s} },
-		Actions:   milter.OptAddHeader | milter.OptChangeHeader,
-		Protocol:  milter.OptNoConnect | milter.OptNoHelo,
-	}
 	tl := &listener{Listener: ln, s: s}
 	errc := make(chan error, 1)
-	go func() { errc <- ms.Serve(tl) }()
+	go func() { errc <- s.accept(tl) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("milter listener: %w", err)
 	case <-ctx.Done():
 	}
-	_ = tl.Close() // Serve returns with the Accept error, expected now
+	_ = tl.Close() // accept returns with the Accept error, expected now
 	<-errc
 	s.drain()
 	s.wg.Wait()
 	return nil
+}
+
+// accept serves each connection with its own go-milter server, so that the
+// backends of a connection know it: go-milter never calls Abort when the
+// MTA goes away in the middle of a message, so the connection ends the
+// transaction in progress when it is closed.
+func (s *Server) accept(ln *listener) error {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		w := c.(*conn)
+		ms := &milter.Server{
+			NewMilter: func() milter.Milter { return &backend{s: s, c: w} },
+			Actions:   milter.OptAddHeader | milter.OptChangeHeader,
+			Protocol:  milter.OptNoConnect | milter.OptNoHelo | milter.OptHeaderLeadingSpace,
+		}
+		go func() { _ = ms.Serve(&oneConn{c: w}) }()
+	}
 }
 
 // drain marks the server as stopping and wakes idle sessions up so they
@@ -108,9 +128,21 @@ func Listen(cfg *policy.Config) (net.Listener, error) {
 // after each final answer, so it holds nothing beyond the message.
 type backend struct {
 	s       *Server
+	c       *conn
 	txn     *policy.Txn
 	counted bool // a verdict for this message was counted
 	queueID string
+}
+
+// setTxn makes t the transaction in progress, closing the previous one.
+func (b *backend) setTxn(t *policy.Txn) {
+	if b.txn != nil {
+		b.txn.Close()
+	}
+	b.txn = t
+	if b.c != nil {
+		b.c.setTxn(t)
+	}
 }
 
 func (b *backend) count(v *policy.Verdict) {
@@ -132,9 +164,8 @@ func (b *backend) guard(resp *milter.Response, err *error) {
 		dir := policy.Incoming
 		if b.txn != nil {
 			dir = b.txn.Direction()
-			b.txn.Close()
-			b.txn = nil
 		}
+		b.setTxn(nil)
 		b.count(&policy.Verdict{Direction: dir, Reason: policy.ReasonInternal})
 		*resp, *err = reply(policy.ReplyInternal), nil
 	}
@@ -150,12 +181,9 @@ func (b *backend) Helo(string, *milter.Modifier) (milter.Response, error) {
 
 func (b *backend) MailFrom(from string, m *milter.Modifier) (resp milter.Response, err error) {
 	defer b.guard(&resp, &err)
-	if b.txn != nil {
-		b.txn.Close()
-	}
 	b.counted = false
 	b.queueID = m.Macros["i"]
-	b.txn = b.s.engine.Begin(m.Macros["{auth_authen}"], from)
+	b.setTxn(b.s.engine.Begin(m.Macros["{auth_authen}"], from))
 	if b.queueID != "" {
 		b.txn.With(logging.MsgID(b.queueID))
 	}
@@ -168,7 +196,9 @@ func (b *backend) RcptTo(rcpt string, m *milter.Modifier) (resp milter.Response,
 		return nil, errors.New("RCPT before MAIL")
 	}
 	if v := b.txn.Rcpt(rcpt); v != nil {
-		b.count(v)
+		// Not the verdict on the message: other recipients may be
+		// accepted and the message judged.
+		b.s.metrics.RcptRefusals.WithLabelValues(string(v.Reason)).Inc()
 		return reply(v.Reply), nil
 	}
 	return milter.RespContinue, nil
@@ -220,10 +250,7 @@ func (b *backend) Body(m *milter.Modifier) (resp milter.Response, err error) {
 
 // final answers a decision on the whole message, applying its changes.
 func (b *backend) final(v *policy.Verdict, m *milter.Modifier) (milter.Response, error) {
-	defer func() {
-		b.txn.Close()
-		b.txn = nil
-	}()
+	defer b.setTxn(nil)
 	if v.Reply.Accepted() && m != nil {
 		if err := apply(v, m); err != nil {
 			b.s.log.Error("cannot modify message", "err", err)
@@ -245,7 +272,8 @@ func apply(v *policy.Verdict, m *milter.Modifier) error {
 		}
 	}
 	for _, f := range v.Add {
-		if err := m.AddHeader(f.Name, f.Value); err != nil {
+		// With SMFIP_HDR_LEADSPC, Postfix adds the value as is.
+		if err := m.AddHeader(f.Name, " "+f.Value); err != nil {
 			return err
 		}
 	}
@@ -253,9 +281,6 @@ func apply(v *policy.Verdict, m *milter.Modifier) error {
 }
 
 func (b *backend) Abort(*milter.Modifier) error {
-	if b.txn != nil {
-		b.txn.Close()
-		b.txn = nil
-	}
+	b.setTxn(nil)
 	return nil
 }

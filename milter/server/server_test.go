@@ -114,7 +114,10 @@ func message(t *testing.T, s *milter.ClientSession, raw []byte) ([]milter.Modify
 	i := bytes.Index(raw, []byte("\r\n\r\n"))
 	for _, l := range strings.Split(strings.ReplaceAll(string(raw[:i]), "\r\n\t", "\n\t"), "\r\n") {
 		name, value, _ := strings.Cut(l, ":")
-		act, err := s.HeaderField(name, strings.TrimPrefix(value, " "))
+		if !s.ProtocolOption(milter.OptHeaderLeadingSpace) {
+			t.Fatal("SMFIP_HDR_LEADSPC not negotiated")
+		}
+		act, err := s.HeaderField(name, value)
 		if err != nil || act.Code != milter.ActContinue {
 			t.Fatalf("header: %+v %v", act, err)
 		}
@@ -194,11 +197,14 @@ func TestMilter(t *testing.T) {
 	for _, c := range []struct {
 		dir, reason string
 		want        float64
-	}{{"out", "encrypted", 1}, {"out", "cleartext", 1}, {"out", "rate_limited", 1}, {"in", "cleartext", 1}, {"in", "bounce", 0}} {
+	}{{"out", "encrypted", 1}, {"out", "cleartext", 1}, {"in", "cleartext", 1}, {"in", "bounce", 0}} {
 		got := testutil.ToFloat64(h.m.Verdicts.WithLabelValues(c.dir, c.reason))
 		if got != c.want {
 			t.Errorf("verdicts{%s,%s} = %v, want %v", c.dir, c.reason, got, c.want)
 		}
+	}
+	if got := testutil.ToFloat64(h.m.RcptRefusals.WithLabelValues("rate_limited")); got != 1 {
+		t.Errorf("rcpt_refusals{rate_limited} = %v, want 1", got)
 	}
 }
 

@@ -10,8 +10,9 @@ import (
 	"net"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
+
+	"chatmail.dev/sidecar/connserve"
 )
 
 // MaxLineLength is the longest command line accepted, as in Dovecot's client.
@@ -101,11 +102,7 @@ type Server struct {
 	// RequestTimeout bounds one handler call.
 	RequestTimeout time.Duration
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]*conn
-	closing   bool
-	wg        sync.WaitGroup
+	conns connserve.Server
 }
 
 var (
@@ -114,138 +111,40 @@ var (
 )
 
 // ErrServerClosed is returned by Serve after Shutdown.
-var ErrServerClosed = errors.New("dict: server closed")
+var ErrServerClosed = connserve.ErrServerClosed
 
 // Serve accepts connections on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		return ErrServerClosed
-	}
-	if s.listeners == nil {
-		s.listeners = map[net.Listener]struct{}{}
-		s.conns = map[net.Conn]*conn{}
-	}
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-
-	var delay time.Duration
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			s.mu.Lock()
-			closing := s.closing
-			s.mu.Unlock()
-			if closing {
-				return ErrServerClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-				// Out of file descriptors or similar: back off, keep serving.
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.Log.Warn("dict accept failed, retrying", "err", err, "delay", delay)
-				time.Sleep(delay)
-				continue
-			}
-			return err
-		}
-		delay = 0
-		c := &conn{srv: s, nc: nc}
-		s.mu.Lock()
-		if s.closing {
-			s.mu.Unlock()
-			nc.Close()
-			return ErrServerClosed
-		}
-		s.conns[nc] = c
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go c.serve()
-	}
+	s.conns.Log = s.Log
+	return s.conns.Serve(ln, s.serveConn)
 }
 
 // Shutdown stops accepting, lets every connection finish the command it is
 // working on, closes them, and waits for that or for ctx.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closing = true
-	for ln := range s.listeners {
-		ln.Close()
-	}
-	for _, c := range s.conns {
-		c.stopIfIdle()
-	}
-	s.mu.Unlock()
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (s *Server) isClosing() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closing
-}
+func (s *Server) Shutdown(ctx context.Context) error { return s.conns.Shutdown(ctx) }
 
 type conn struct {
 	srv   *Server
-	nc    net.Conn
-	mu    sync.Mutex
-	busy  bool
 	hello Hello
 	txs   map[uint64]*Tx
 }
 
-// stopIfIdle wakes a connection blocked reading so it sees the shutdown; a
-// busy one notices after its current command.
-func (c *conn) stopIfIdle() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.busy {
-		c.nc.SetReadDeadline(time.Now())
-	}
-}
-
-func (c *conn) setBusy(b bool) {
-	c.mu.Lock()
-	c.busy = b
-	c.mu.Unlock()
-}
-
-func (c *conn) serve() {
-	s := c.srv
+func (s *Server) serveConn(nc *connserve.Conn) {
+	c := &conn{srv: s}
 	r := readerPool.Get().(*bufio.Reader)
 	w := writerPool.Get().(*bufio.Writer)
-	r.Reset(c.nc)
-	w.Reset(c.nc)
+	r.Reset(nc)
+	w.Reset(nc)
 	defer func() {
 		r.Reset(nil)
 		w.Reset(nil)
 		readerPool.Put(r)
 		writerPool.Put(w)
-		c.nc.Close()
-		s.mu.Lock()
-		delete(s.conns, c.nc)
-		s.mu.Unlock()
-		s.wg.Done()
 	}()
 	var long []byte
 	for {
-		if r.Buffered() == 0 {
-			if s.IdleTimeout > 0 {
-				c.nc.SetReadDeadline(time.Now().Add(s.IdleTimeout))
-			}
-			// Checked after setting the deadline: a Shutdown from now on
-			// wakes this read up; one before it ends the connection here.
-			if s.isClosing() {
-				return
-			}
+		if r.Buffered() == 0 && !nc.AwaitRequest(s.IdleTimeout) {
+			return
 		}
 		line, err := r.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
@@ -261,20 +160,18 @@ func (c *conn) serve() {
 			line = long
 		}
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !s.isClosing() && !errors.Is(err, net.ErrClosed) {
-				var ne net.Error
-				if !(errors.As(err, &ne) && ne.Timeout()) {
-					s.Log.Debug("dict: read failed", "err", err)
-				}
+			var ne net.Error
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !(errors.As(err, &ne) && ne.Timeout()) {
+				s.Log.Debug("dict: read failed", "err", err)
 			}
 			return
 		}
-		c.setBusy(true)
+		nc.Busy(true)
 		perr := c.handle(string(line[:len(line)-1]), w)
 		if perr == nil && r.Buffered() == 0 {
 			perr = w.Flush()
 		}
-		c.setBusy(false)
+		nc.Busy(false)
 		if perr != nil {
 			if !errors.Is(perr, errClose) {
 				s.Log.Warn("dict: closing connection", "err", perr)

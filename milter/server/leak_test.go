@@ -1,0 +1,139 @@
+package server
+
+import (
+	"encoding/binary"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-milter"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"chatmail.dev/milter/policy"
+)
+
+// rawPacket writes one milter packet: code, then each string NUL-terminated.
+func rawPacket(t *testing.T, c net.Conn, code byte, data ...string) {
+	t.Helper()
+	var b []byte
+	for _, d := range data {
+		b = append(append(b, d...), 0)
+	}
+	rawData(t, c, code, b)
+}
+
+func rawData(t *testing.T, c net.Conn, code byte, b []byte) {
+	t.Helper()
+	h := make([]byte, 5, 5+len(b))
+	binary.BigEndian.PutUint32(h, uint32(len(b)+1))
+	h[4] = code
+	if _, err := c.Write(append(h, b...)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readCode reads one packet and returns its code.
+func readCode(t *testing.T, c net.Conn) byte {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	h := make([]byte, 4)
+	if _, err := readFull(c, h); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, binary.BigEndian.Uint32(h))
+	if _, err := readFull(c, b); err != nil {
+		t.Fatal(err)
+	}
+	return b[0]
+}
+
+func readFull(c net.Conn, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := c.Read(b[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// TestDroppedSessions checks that an MTA connection closed in the middle
+// of a message (no SMFIC_ABORT, which go-milter would need) ends the DKIM
+// verification and signing goroutines of the message.
+func TestDroppedSessions(t *testing.T) {
+	keys := t.TempDir()
+	if err := os.WriteFile(filepath.Join(keys, "x"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := start(t, func(c *policy.Config) { c.VerifyDKIM = true; c.DKIMKeysDir = keys })
+	runtime.GC()
+	base := runtime.NumGoroutine()
+	for range 50 {
+		c, err := net.Dial("unix", h.sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opt := make([]byte, 12)
+		binary.BigEndian.PutUint32(opt[0:], 6)
+		binary.BigEndian.PutUint32(opt[4:], 0x1ff)
+		binary.BigEndian.PutUint32(opt[8:], 0x1fffff)
+		rawData(t, c, 'O', opt)
+		readCode(t, c)
+		rawPacket(t, c, 'M', "<x@other.example>")
+		readCode(t, c)
+		rawPacket(t, c, 'R', "<bob@chat.example>")
+		readCode(t, c)
+		rawPacket(t, c, 'L', "From", " <x@other.example>")
+		readCode(t, c)
+		rawPacket(t, c, 'L', "DKIM-Signature", " v=1; a=rsa-sha256; d=other.example; s=sel; c=relaxed/relaxed; h=from; bh=AAAA; b=AAAA")
+		readCode(t, c)
+		rawPacket(t, c, 'L', "Content-Type", ` multipart/encrypted; protocol="application/pgp-encrypted"; boundary="B"`)
+		readCode(t, c)
+		rawPacket(t, c, 'N')
+		readCode(t, c)
+		rawData(t, c, 'B', []byte("--B\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n"))
+		readCode(t, c)
+		c.Close() // the MTA goes away without SMFIC_ABORT
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	n := 0
+	for time.Now().Before(deadline) {
+		runtime.GC()
+		if n = runtime.NumGoroutine(); n <= base {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	buf := make([]byte, 1<<16)
+	t.Fatalf("goroutines: %d before, %d after 50 dropped sessions\n%s", base, n, buf[:runtime.Stack(buf, true)])
+}
+
+// TestRcptRefusalThenAccept checks that a refused recipient is counted on
+// its own and the message, accepted for the other recipients, gets its
+// verdict counted too.
+func TestRcptRefusalThenAccept(t *testing.T) {
+	h := start(t, func(c *policy.Config) { c.MaxRecipients = 1 })
+	s := h.session(t)
+	defer s.Close()
+	if act := begin(t, s, "alice@chat.example", "alice@chat.example", "carol@other.example"); act != nil {
+		t.Fatalf("first RCPT: %+v", act)
+	}
+	act, err := s.Rcpt("<dave@other.example>", nil)
+	if err != nil || act.SMTPCode != 452 {
+		t.Fatalf("second RCPT: %+v %v", act, err)
+	}
+	if _, act := message(t, s, fixture(t, "enc-v4.eml")); act.Code != milter.ActAccept {
+		t.Fatalf("message: %+v", act)
+	}
+	if got := testutil.ToFloat64(h.m.RcptRefusals.WithLabelValues("too_many_recipients")); got != 1 {
+		t.Errorf("rcpt refusals = %v", got)
+	}
+	if got := testutil.ToFloat64(h.m.Verdicts.WithLabelValues("out", "encrypted")); got != 1 {
+		t.Errorf("verdicts{out,encrypted} = %v", got)
+	}
+}
