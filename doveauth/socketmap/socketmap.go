@@ -113,7 +113,8 @@ func ReadNetstring(r *bufio.Reader, max int) (string, error) {
 		if b == ':' && digits > 0 {
 			break
 		}
-		if b < '0' || b > '9' || digits >= len(strconv.Itoa(max)) {
+		// Digits only, and no leading zero: a netstring's length is canonical.
+		if b < '0' || b > '9' || digits >= len(strconv.Itoa(max)) || digits == 1 && n == 0 {
 			return "", ErrNetstring
 		}
 		n = n*10 + int(b-'0')

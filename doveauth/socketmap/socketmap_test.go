@@ -20,7 +20,7 @@ func TestNetstring(t *testing.T) {
 			t.Errorf("round trip of %d bytes: %v", len(s), err)
 		}
 	}
-	for _, bad := range []string{"3:abc", "3:abcd", "x:abc,", ":abc,", "99999999999:a,", "20000:", "-1:a,", "3abc,"} {
+	for _, bad := range []string{"3:abc", "3:abcd", "x:abc,", ":abc,", "99999999999:a,", "20000:", "-1:a,", "3abc,", "00:,", "01:a,"} {
 		if _, err := ReadNetstring(bufio.NewReader(strings.NewReader(bad)), MaxRequest); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
