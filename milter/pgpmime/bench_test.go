@@ -72,6 +72,15 @@ func TestSynthetic(t *testing.T) {
 	}
 }
 
+// judgeChunked judges body in milter-sized chunks (at most 64 KiB each).
+func judgeChunked(j *Judge, ct []string, body []byte) Result {
+	j.Reset(ct, nil)
+	for p := body; len(p) > 0; p = p[min(len(p), 64<<10):] {
+		j.Write(p[:min(len(p), 64<<10)])
+	}
+	return j.Close()
+}
+
 func benchJudge(b *testing.B, size int) {
 	ct, body := synthetic(size)
 	j := NewJudge(ct, nil)
@@ -79,14 +88,7 @@ func benchJudge(b *testing.B, size int) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		j.Reset(ct, nil)
-		// Milter body chunks are at most 64 KiB.
-		for p := body; len(p) > 0; {
-			n := min(len(p), 64<<10)
-			j.Write(p[:n])
-			p = p[n:]
-		}
-		if j.Close().Encrypted != nil {
+		if judgeChunked(j, ct, body).Encrypted != nil {
 			b.Fatal("not encrypted")
 		}
 	}
@@ -103,13 +105,7 @@ func TestFlatMemory(t *testing.T) {
 		ct, body := synthetic(size)
 		j := NewJudge(ct, nil)
 		return testing.AllocsPerRun(3, func() {
-			j.Reset(ct, nil)
-			for p := body; len(p) > 0; {
-				n := min(len(p), 64<<10)
-				j.Write(p[:n])
-				p = p[n:]
-			}
-			if j.Close().Encrypted != nil {
+			if judgeChunked(j, ct, body).Encrypted != nil {
 				t.Fatal("not encrypted")
 			}
 		})
@@ -121,11 +117,7 @@ func TestFlatMemory(t *testing.T) {
 	ct, body := synthetic(16 << 20)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	j := NewJudge(ct, nil)
-	for p := body; len(p) > 0; p = p[min(len(p), 64<<10):] {
-		j.Write(p[:min(len(p), 64<<10)])
-	}
-	j.Close()
+	judgeChunked(NewJudge(ct, nil), ct, body)
 	runtime.ReadMemStats(&after)
 	if n := after.TotalAlloc - before.TotalAlloc; n > 64<<10 {
 		t.Errorf("judging 16 MiB allocated %d bytes", n)
