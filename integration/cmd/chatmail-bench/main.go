@@ -6,7 +6,7 @@
 //	chatmail-bench dict -socket PATH -user ADDR [-kind userdb|passdb -pass PW] [-n N] [-c CONC]
 //	chatmail-bench imap -addr HOST:PORT -user ADDR -pass PW [-n N] [-c CONC]
 //	chatmail-bench noop-milter -socket PATH    (a reference milter that accepts everything)
-//	chatmail-bench smtp -addr HOST:PORT -from ADDR -user ADDR -msg FILE [-dkim-key PEM -dkim-selector S] [-n N] [-c CONC]
+//	chatmail-bench smtp -addr HOST:PORT -from ADDR -user ADDR -msg FILE [-dkim-key PEM -dkim-selector S] [-per-session K] [-n N] [-c CONC]
 package main
 
 import (
@@ -46,6 +46,7 @@ func main() {
 	msgFile := fs.String("msg", "", "message file (smtp)")
 	dkimKey := fs.String("dkim-key", "", "sign the message once with this PEM key (smtp)")
 	dkimSelector := fs.String("dkim-selector", "", "DKIM selector (smtp)")
+	perSession := fs.Int("per-session", 1, "messages per SMTP session (smtp)")
 	kind := fs.String("kind", "userdb", "dict lookup: userdb or passdb (passdb asks PostgreSQL every time)")
 	fs.Parse(os.Args[2:])
 
@@ -73,7 +74,7 @@ func main() {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		op = func() error { return smtpSend(*addr, *from, *user, msg) }
+		op = func() error { return smtpSend(*addr, *from, *user, msg, *perSession) }
 	default:
 		fmt.Fprintln(os.Stderr, "unknown benchmark", os.Args[1])
 		os.Exit(2)
@@ -195,7 +196,8 @@ func loadMessage(path, from, keyFile, selector string) ([]byte, error) {
 	return signed.Bytes(), err
 }
 
-func smtpSend(addr, from, to string, msg []byte) error {
+// smtpSend sends msg n times over one SMTP session.
+func smtpSend(addr, from, to string, msg []byte, n int) error {
 	c, err := smtp.Dial(addr)
 	if err != nil {
 		return err
@@ -204,8 +206,10 @@ func smtpSend(addr, from, to string, msg []byte) error {
 	if err := c.Hello("bench.test"); err != nil {
 		return err
 	}
-	if err := c.SendMail(from, []string{to}, bytes.NewReader(msg)); err != nil {
-		return err
+	for range n {
+		if err := c.SendMail(from, []string{to}, bytes.NewReader(msg)); err != nil {
+			return err
+		}
 	}
 	return c.Quit()
 }
