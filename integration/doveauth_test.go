@@ -226,6 +226,32 @@ func TestPostgresDown(t *testing.T) {
 	}
 }
 
+// doveauth started while PostgreSQL is down answers "try again later" and
+// becomes fully useful once PostgreSQL is up, without a restart.
+func TestDoveauthStartsWithoutPostgres(t *testing.T) {
+	s := shared
+	existing := newAddr(s)
+	wantLogin(t, s, existing, goodPassword, "")
+
+	s.Run(t, "stop-postgres")
+	restarted := false
+	defer func() {
+		if !restarted {
+			s.Run(t, "start-postgres")
+		}
+	}()
+	s.Run(t, "restart", "doveauth")
+	fresh := newAddr(s)
+	wantLogin(t, s, existing, goodPassword, imap.ResponseCodeUnavailable)
+	wantLogin(t, s, fresh, goodPassword, imap.ResponseCodeUnavailable)
+
+	s.Run(t, "start-postgres")
+	restarted = true
+	eventually(t, 20*time.Second, func() error { return imapLogin(s, existing, goodPassword) })
+	wantLogin(t, s, fresh, goodPassword, "")
+	wantLogin(t, s, existing, "another-password", imap.ResponseCodeAuthenticationFailed)
+}
+
 func TestLMTPDeliveryAndQuota(t *testing.T) {
 	s := shared
 	addr := newAddr(s)

@@ -164,10 +164,11 @@ func (s *Stack) Addr(key string) string {
 	return "127.0.0.1:" + s.Env[key]
 }
 
-// Run runs a scripts/stack subcommand on this stack, such as "stop-postgres".
-func (s *Stack) Run(t testing.TB, sub string) {
+// Run runs a scripts/stack subcommand on this stack, such as
+// "stop-postgres" or "restart" with "doveauth".
+func (s *Stack) Run(t testing.TB, sub string, args ...string) {
 	t.Helper()
-	out, err := exec.Command(filepath.Join(Repo(), "scripts", "stack"), sub, s.Dir).CombinedOutput()
+	out, err := exec.Command(filepath.Join(Repo(), "scripts", "stack"), append([]string{sub, s.Dir}, args...)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("scripts/stack %s: %v\n%s", sub, err, out)
 	}
