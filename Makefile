@@ -3,7 +3,7 @@ MODULES := sidecar doveauth milter integration
 DAEMON_MODULES := sidecar doveauth milter
 GO ?= go
 FUZZTIME ?= 10s
-STACK_DIR ?= $(CURDIR)/.stack
+STACK_DIR ?= /var/tmp/chatmail-stack
 DEMO_DIR ?= /var/tmp/chatmail-demo
 
 .PHONY: all build test unit integration fuzz lint bench up down deps demo demo-down
@@ -54,7 +54,7 @@ demo: deps
 demo-down:
 	scripts/stack down $(DEMO_DIR)
 
-# A private server in ./.stack, for trying things out (see README).
+# A private server in $(STACK_DIR), for trying things out (see README).
 up: deps
 	scripts/stack up $(STACK_DIR)
 	@cat $(STACK_DIR)/stack.env

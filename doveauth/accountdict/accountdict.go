@@ -13,7 +13,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -128,7 +130,7 @@ func (s *Service) passdb(ctx context.Context, rest string) (string, string, erro
 	case !errors.Is(err, accounts.ErrNotFound):
 		return "", "", err
 	}
-	if reason := s.refuseCreation(local, password); reason != "" {
+	if reason := s.refuseCreation(addr, local, password); reason != "" {
 		s.Metrics.reject(reason)
 		s.Log.Info("account creation refused", "reason", reason, logging.User(addr))
 		return "", "notfound", nil
@@ -152,7 +154,7 @@ func (s *Service) passdb(ctx context.Context, rest string) (string, string, erro
 }
 
 // refuseCreation returns why an account may not be created, or "".
-func (s *Service) refuseCreation(local, password string) string {
+func (s *Service) refuseCreation(addr, local, password string) string {
 	a := &s.Accounts
 	switch {
 	case a.Registration != "open":
@@ -161,6 +163,11 @@ func (s *Service) refuseCreation(local, password string) string {
 		return "bad_localpart"
 	case len(password) < a.PasswordMinLength:
 		return "short_password"
+	}
+	// Mail of a deleted account that is still being removed must never
+	// become readable to whoever registers the address next.
+	if _, err := os.Lstat(filepath.Join(a.MailboxesDir, addr)); !errors.Is(err, fs.ErrNotExist) {
+		return "mail_left"
 	}
 	return ""
 }
@@ -290,8 +297,13 @@ func (s *Service) Commit(ctx context.Context, tx *dict.Tx) error {
 			}
 		case strings.HasPrefix(op.Key, lastLoginPrefix) && op.Kind == dict.OpSet:
 			secs, err := strconv.ParseInt(op.Value, 10, 64)
-			if err != nil {
-				return fmt.Errorf("last-login value %q is not a Unix time", op.Value)
+			if err != nil || secs < 0 {
+				return errors.New("last-login value is not a Unix time")
+			}
+			// last_login_precision = ms, us or ns write larger units;
+			// only the day is kept anyway.
+			for secs > 1e11 {
+				secs /= 1000
 			}
 			loginFor, login = op.Key[len(lastLoginPrefix):], time.Unix(secs, 0)
 		default:

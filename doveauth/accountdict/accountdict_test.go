@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -250,6 +252,13 @@ func TestQuotaAndLastLogin(t *testing.T) {
 	if ll := st.accs["abcdefghi@chat.test"].LastLogin; ll == nil || ll.Format(time.DateOnly) != "2023-11-14" {
 		t.Errorf("last login %v", ll)
 	}
+	// last_login_precision = ms
+	if err := s.Commit(ctx, &dict.Tx{Ops: []dict.Op{{Kind: dict.OpSet, Key: "shared/last-login/abcdefghi@chat.test", Value: "1800000000123"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if ll := st.accs["abcdefghi@chat.test"].LastLogin; ll == nil || ll.Format(time.DateOnly) != "2027-01-15" {
+		t.Errorf("last login from milliseconds: %v", ll)
+	}
 	if err := s.Commit(ctx, &dict.Tx{Ops: []dict.Op{{Kind: dict.OpSet, Key: "shared/other", Value: "x"}}}); err == nil {
 		t.Error("commit of an unknown key succeeded")
 	}
@@ -284,4 +293,24 @@ func FuzzLookupKey(f *testing.F) {
 			t.Fatalf("found with err %v / empty value", err)
 		}
 	})
+}
+
+// A mail directory left by a deleted account blocks creating the address
+// anew until the mail is gone.
+func TestLeftoverMailBlocksCreation(t *testing.T) {
+	s, st, _ := newService(t)
+	s.Accounts.MailboxesDir = t.TempDir()
+	if err := os.Mkdir(filepath.Join(s.Accounts.MailboxesDir, "abcdefghi@chat.test"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, found, err := passdb(t, s, "abcdefghi@chat.test", "password123"); found || err != nil {
+		t.Errorf("creation over leftover mail: found=%v err=%v", found, err)
+	}
+	if len(st.accs) != 0 {
+		t.Error("account created over leftover mail")
+	}
+	os.Remove(filepath.Join(s.Accounts.MailboxesDir, "abcdefghi@chat.test"))
+	if _, found, _ := passdb(t, s, "abcdefghi@chat.test", "password123"); !found {
+		t.Error("creation refused once the mail is gone")
+	}
 }

@@ -20,7 +20,7 @@ type Metrics struct {
 var (
 	lookupKinds   = []string{"passdb", "userdb", "quota", "iterate", "sender_access", "other"}
 	lookupResults = []string{"found", "notfound", "created", "blocked", "tempfail", "error", "ok"}
-	rejectReasons = []string{"registration_closed", "bad_localpart", "short_password", "malformed"}
+	rejectReasons = []string{"registration_closed", "bad_localpart", "short_password", "malformed", "mail_left"}
 )
 
 // NewMetrics registers the metrics with reg.

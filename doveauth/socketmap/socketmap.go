@@ -82,7 +82,10 @@ func (s *Server) answer(req string) string {
 	if !ok || name == "" {
 		return "PERM malformed request"
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.RequestTimeout)
+	ctx, cancel := context.WithCancel(context.Background())
+	if s.RequestTimeout > 0 {
+		ctx, cancel = context.WithTimeout(context.Background(), s.RequestTimeout)
+	}
 	defer cancel()
 	res, err := s.Handler(ctx, name, key)
 	switch {

@@ -63,13 +63,23 @@ func (s *Store) Close() { s.pool.Close() }
 // rejects what cannot be an address at all; what may be created is decided
 // by the caller's rules.
 func Normalize(addr string) (norm, local, domain string, err error) {
-	norm = strings.ToLower(strings.TrimSpace(addr))
+	for i := 0; i < len(addr); i++ {
+		// ASCII only: Unicode case folding would map other logins onto an
+		// account (the Kelvin sign folds to k).
+		if addr[i] >= 0x80 {
+			return "", "", "", errMalformed
+		}
+	}
+	norm = strings.ToLower(addr)
 	at := strings.LastIndexByte(norm, '@')
 	if at <= 0 || at == len(norm)-1 || strings.ContainsAny(norm, "/\\\x00\t\r\n \"") {
-		return "", "", "", fmt.Errorf("malformed address %q", addr)
+		return "", "", "", errMalformed
 	}
 	return norm, norm[:at], norm[at+1:], nil
 }
+
+// errMalformed names no address: it may end up in a log.
+var errMalformed = errors.New("malformed address")
 
 const columns = `address, password_hash, storage_bytes, message_count, created_at, last_login, COALESCE(registration_token, ''), sent_messages, received_messages, blocked`
 

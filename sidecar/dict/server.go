@@ -18,6 +18,13 @@ import (
 // MaxLineLength is the longest command line accepted, as in Dovecot's client.
 const MaxLineLength = 64 * 1024
 
+// Bounds on what one connection may hold open: Dovecot uses a transaction or
+// two with a few changes each; more is a misbehaving peer.
+const (
+	maxTransactions = 16
+	maxOps          = 1000
+)
+
 // Handler answers dict requests. Errors returned from its methods are sent to
 // Dovecot as failures ("F"), which Dovecot treats as temporary: a handler must
 // return an error, never "not found", when it cannot know the answer.
@@ -202,7 +209,7 @@ func (c *conn) handle(line string, w *bufio.Writer) error {
 	switch cmd {
 	case 'H':
 		if len(f) < 5 {
-			return fmt.Errorf("short hello %q", args)
+			return fmt.Errorf("hello with %d fields, want 5", len(f))
 		}
 		c.hello.Major, _ = strconv.Atoi(f[0])
 		c.hello.Minor, _ = strconv.Atoi(f[1])
@@ -232,12 +239,12 @@ func (c *conn) handle(line string, w *bufio.Writer) error {
 		return w.WriteByte('\n')
 	case 'I':
 		if len(f) < 3 {
-			return fmt.Errorf("short iterate %q", args)
+			return fmt.Errorf("iterate with %d fields, want at least 3", len(f))
 		}
 		flags, err1 := strconv.ParseUint(f[0], 10, 32)
 		maxRows, err2 := strconv.ParseUint(f[1], 10, 64)
 		if err1 != nil || err2 != nil {
-			return fmt.Errorf("bad iterate %q", args)
+			return errors.New("iterate with non-numeric flags or row limit")
 		}
 		req := Iterate{Hello: &c.hello, Flags: uint(flags), MaxRows: maxRows, Path: f[2], User: c.hello.User}
 		if len(f) > 3 {
@@ -267,10 +274,13 @@ func (c *conn) handle(line string, w *bufio.Writer) error {
 	case 'B':
 		id, err := strconv.ParseUint(f[0], 10, 32)
 		if err != nil {
-			return fmt.Errorf("bad transaction id %q", f[0])
+			return errors.New("non-numeric transaction id")
 		}
 		if c.txs == nil {
 			c.txs = map[uint64]*Tx{}
+		}
+		if len(c.txs) >= maxTransactions {
+			return fmt.Errorf("more than %d open transactions", maxTransactions)
 		}
 		if _, dup := c.txs[id]; dup {
 			return fmt.Errorf("transaction %d begun twice", id)
@@ -286,6 +296,9 @@ func (c *conn) handle(line string, w *bufio.Writer) error {
 		if err != nil {
 			return err
 		}
+		if len(tx.Ops) >= maxOps {
+			return fmt.Errorf("more than %d changes in one transaction", maxOps)
+		}
 		switch {
 		case cmd == 'S' && len(f) == 3:
 			tx.Ops = append(tx.Ops, Op{Kind: OpSet, Key: f[1], Value: f[2]})
@@ -294,13 +307,13 @@ func (c *conn) handle(line string, w *bufio.Writer) error {
 		case cmd == 'A' && len(f) == 3:
 			d, err := strconv.ParseInt(f[2], 10, 64)
 			if err != nil {
-				return fmt.Errorf("bad atomic increment %q", f[2])
+				return errors.New("atomic increment by a non-number")
 			}
 			tx.Ops = append(tx.Ops, Op{Kind: OpAtomicInc, Key: f[1], Diff: d})
 		case cmd == 'T':
 			// Timestamps only matter to backends that version values.
 		default:
-			return fmt.Errorf("malformed %c command %q", cmd, args)
+			return fmt.Errorf("%c command with %d fields", cmd, len(f))
 		}
 		return nil
 	case 'R':
@@ -340,7 +353,7 @@ var errStopIteration = errors.New("enough rows")
 func (c *conn) tx(idField string) (*Tx, error) {
 	id, err := strconv.ParseUint(idField, 10, 32)
 	if err != nil {
-		return nil, fmt.Errorf("bad transaction id %q", idField)
+		return nil, errors.New("non-numeric transaction id")
 	}
 	tx := c.txs[id]
 	if tx == nil {

@@ -144,12 +144,20 @@ func run(cfg *config.Common, adm *adminConfig, args []string, out io.Writer) err
 			}
 		}
 	case "delete":
+		// Block and kick, so nothing uses the account any more; delete the
+		// row; wait out doveauth's userdb cache, after which no delivery
+		// finds the user; then remove the mail. Until the mail is gone,
+		// doveauth refuses to create the address anew (a leftover mail
+		// directory blocks creation), so nobody inherits old mail.
+		if err := store.SetBlocked(ctx, addr, true); err != nil {
+			return fmt.Errorf("%s: %w", addr, err)
+		}
+		if err := adm.kick(addr); err != nil {
+			return fmt.Errorf("%s: blocked, not deleted: open IMAP sessions were not ended: %w", addr, err)
+		}
 		if err := store.Delete(ctx, addr); err != nil {
 			return fmt.Errorf("%s: %w", addr, err)
 		}
-		// The row goes first: from then on no login can recreate the account.
-		// doveauth may still confirm the user to a delivery for the userdb
-		// cache's lifetime; wait that out so no delivery recreates the mail.
 		time.Sleep(accountdict.UserdbCacheTTL)
 		if err := os.RemoveAll(filepath.Join(cfg.Accounts.MailboxesDir, addr)); err != nil {
 			return fmt.Errorf("%s: account deleted, but its mail was not: %w", addr, err)
