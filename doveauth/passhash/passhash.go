@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"runtime"
 	"strings"
 
 	"golang.org/x/crypto/argon2"
@@ -27,6 +28,9 @@ const (
 	argonKeyLen  = 32
 )
 
+// argonSlots bounds concurrent Argon2id hashes to one per CPU.
+var argonSlots = make(chan struct{}, runtime.NumCPU())
+
 // Hash hashes password in scheme.
 func Hash(scheme, password string) (string, error) {
 	switch scheme {
@@ -37,6 +41,10 @@ func Hash(scheme, password string) (string, error) {
 		}
 		return "{SHA512-CRYPT}" + SHA512CryptWithSalt(password, salt, 0), nil
 	case Argon2ID:
+		// Each hash takes 64 MiB: a burst of first logins must not take
+		// the daemon's memory with it.
+		argonSlots <- struct{}{}
+		defer func() { <-argonSlots }()
 		salt := make([]byte, 16)
 		if _, err := rand.Read(salt); err != nil {
 			return "", err

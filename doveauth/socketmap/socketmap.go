@@ -69,7 +69,9 @@ func (s *Server) serveConn(c *connserve.Conn) {
 			return
 		}
 		c.Busy(true)
-		_, err = c.Write(AppendNetstring(nil, s.answer(req)))
+		reply := AppendNetstring(nil, s.answer(req))
+		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		_, err = c.Write(reply)
 		c.Busy(false)
 		if err != nil {
 			return

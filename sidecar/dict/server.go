@@ -25,6 +25,9 @@ const (
 	maxOps          = 1000
 )
 
+// writeTimeout bounds writing one reply, a whole iteration included.
+const writeTimeout = time.Minute
+
 // Handler answers dict requests. Errors returned from its methods are sent to
 // Dovecot as failures ("F"), which Dovecot treats as temporary: a handler must
 // return an error, never "not found", when it cannot know the answer.
@@ -174,6 +177,8 @@ func (s *Server) serveConn(nc *connserve.Conn) {
 			return
 		}
 		nc.Busy(true)
+		// A peer that stops reading must not hold the connection forever.
+		nc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		perr := c.handle(string(line[:len(line)-1]), w)
 		if perr == nil && r.Buffered() == 0 {
 			perr = w.Flush()
@@ -250,7 +255,9 @@ func (c *conn) handle(line string, w *bufio.Writer) error {
 		if len(f) > 3 {
 			req.User = f[3]
 		}
-		ctx, cancel := c.ctx()
+		// An iteration streams every row: bounded by the write deadline,
+		// not by the per-request timeout meant for lookups.
+		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 		defer cancel()
 		var rows uint64
 		err := c.srv.Handler.Iterate(ctx, req, func(k, v string) error {
