@@ -191,9 +191,12 @@ func TestClosedRegistration(t *testing.T) {
 	wantLogin(t, shared, newAddr(shared), goodPassword, "")
 }
 
-func TestPostgresDown(t *testing.T) {
+// whilePostgresDown runs down with the shared stack's PostgreSQL stopped, and
+// then checks that logins recover by themselves: existing was created
+// before, fresh was first tried while PostgreSQL was down.
+func whilePostgresDown(t *testing.T, down func(existing, fresh string)) {
 	s := shared
-	existing := newAddr(s)
+	existing, fresh := newAddr(s), newAddr(s)
 	wantLogin(t, s, existing, goodPassword, "")
 
 	s.Run(t, "stop-postgres")
@@ -203,22 +206,11 @@ func TestPostgresDown(t *testing.T) {
 			s.Run(t, "start-postgres")
 		}
 	}()
-	fresh := newAddr(s)
-	for _, user := range []string{existing, fresh, existing} {
-		err := imapLogin(s, user, goodPassword)
-		if code := imapCode(t, err); code != imap.ResponseCodeUnavailable {
-			t.Errorf("login of %s with PostgreSQL down: %v, want a temporary failure (UNAVAILABLE)", user, err)
-		}
-	}
-	// Postfix's Dovecot SASL client turns every FAIL into 535, temporary or
-	// not (Postfix 3.7 xsasl_dovecot); the login must fail all the same.
-	if err := smtpAuth(s, fresh, goodPassword); err == nil {
-		t.Error("SMTP AUTH succeeded with PostgreSQL down")
-	}
+	down(existing, fresh)
 
 	s.Run(t, "start-postgres")
 	restarted = true
-	eventually(t, 15*time.Second, func() error { return imapLogin(s, existing, goodPassword) })
+	eventually(t, 20*time.Second, func() error { return imapLogin(s, existing, goodPassword) })
 	wantLogin(t, s, fresh, goodPassword, "")
 	wantLogin(t, s, existing, "another-password", imap.ResponseCodeAuthenticationFailed)
 	if countAccounts(t, s, fresh) != 1 {
@@ -226,30 +218,30 @@ func TestPostgresDown(t *testing.T) {
 	}
 }
 
+func TestPostgresDown(t *testing.T) {
+	whilePostgresDown(t, func(existing, fresh string) {
+		for _, user := range []string{existing, fresh, existing} {
+			err := imapLogin(shared, user, goodPassword)
+			if code := imapCode(t, err); code != imap.ResponseCodeUnavailable {
+				t.Errorf("login of %s with PostgreSQL down: %v, want a temporary failure (UNAVAILABLE)", user, err)
+			}
+		}
+		// Postfix's Dovecot SASL client turns every FAIL into 535, temporary
+		// or not (Postfix 3.7 xsasl_dovecot); the login must fail all the same.
+		if err := smtpAuth(shared, fresh, goodPassword); err == nil {
+			t.Error("SMTP AUTH succeeded with PostgreSQL down")
+		}
+	})
+}
+
 // doveauth started while PostgreSQL is down answers "try again later" and
 // becomes fully useful once PostgreSQL is up, without a restart.
 func TestDoveauthStartsWithoutPostgres(t *testing.T) {
-	s := shared
-	existing := newAddr(s)
-	wantLogin(t, s, existing, goodPassword, "")
-
-	s.Run(t, "stop-postgres")
-	restarted := false
-	defer func() {
-		if !restarted {
-			s.Run(t, "start-postgres")
-		}
-	}()
-	s.Run(t, "restart", "doveauth")
-	fresh := newAddr(s)
-	wantLogin(t, s, existing, goodPassword, imap.ResponseCodeUnavailable)
-	wantLogin(t, s, fresh, goodPassword, imap.ResponseCodeUnavailable)
-
-	s.Run(t, "start-postgres")
-	restarted = true
-	eventually(t, 20*time.Second, func() error { return imapLogin(s, existing, goodPassword) })
-	wantLogin(t, s, fresh, goodPassword, "")
-	wantLogin(t, s, existing, "another-password", imap.ResponseCodeAuthenticationFailed)
+	whilePostgresDown(t, func(existing, fresh string) {
+		shared.Run(t, "restart", "doveauth")
+		wantLogin(t, shared, existing, goodPassword, imap.ResponseCodeUnavailable)
+		wantLogin(t, shared, fresh, goodPassword, imap.ResponseCodeUnavailable)
+	})
 }
 
 func TestLMTPDeliveryAndQuota(t *testing.T) {
