@@ -14,6 +14,7 @@ import (
 	"chatmail.dev/doveauth/socketmap"
 	"chatmail.dev/sidecar/accounts"
 	"chatmail.dev/sidecar/config"
+	"chatmail.dev/sidecar/connserve"
 	"chatmail.dev/sidecar/daemon"
 	"chatmail.dev/sidecar/dict"
 	"chatmail.dev/sidecar/unixsock"
@@ -120,8 +121,9 @@ func (s *Server) Run(ctx context.Context, env *daemon.Env) error {
 	return nil
 }
 
+// ignoreClosed drops the error both servers return after Shutdown.
 func ignoreClosed(err error) error {
-	if errors.Is(err, dict.ErrServerClosed) || errors.Is(err, socketmap.ErrServerClosed) {
+	if errors.Is(err, connserve.ErrServerClosed) {
 		return nil
 	}
 	return err
