@@ -1,10 +1,12 @@
 // Package dkimstream signs and verifies DKIM (RFC 6376) while a message
-// streams through a milter, without holding the message: go-msgauth reads
-// from an io.Reader, so each operation runs on its own goroutine at the far
-// end of an io.Pipe that the milter writes header and body chunks into.
+// streams through a milter, without holding more than a small message:
+// signing hashes as it goes; go-msgauth verifies from an io.Reader, so a
+// large message is verified on a goroutine at the far end of an io.Pipe
+// that the milter writes header and body chunks into.
 package dkimstream
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/x509"
@@ -125,52 +127,112 @@ func (o Outcome) String() string {
 	return [...]string{"pass", "unsigned", "invalid", "unaligned", "tempfail"}[o]
 }
 
+// heldLimit is the size up to which a message is held and verified at the
+// end, on the caller's goroutine; a larger one streams to a verifier
+// goroutine instead, so memory stays bounded whatever the size. Most chat
+// messages are smaller, and spare the goroutine and a hand-off per write.
+const heldLimit = 64 << 10
+
 // Verifying is a verification in progress.
 type Verifying struct {
-	pw   *io.PipeWriter
-	done chan struct{}
-	res  []*dkim.Verification
-	err  error
+	lookup  Lookup
+	held    []byte // the message so far, while it fits in heldLimit
+	aborted bool
+
+	// Streaming, once past heldLimit:
+	pw     *io.PipeWriter
+	ctx    context.Context // for the verifier's key lookups
+	cancel context.CancelFunc
+	done   chan struct{}
+	res    []*dkim.Verification
+	err    error
 }
 
 // Verify starts verifying a message; the caller writes the header section
-// and the body, then calls Result. lookup resolves key records.
+// and the body, then calls Result or Abort. lookup resolves key records.
 func Verify(lookup Lookup) *Verifying {
+	return &Verifying{lookup: lookup}
+}
+
+// Write feeds message bytes.
+func (v *Verifying) Write(p []byte) (int, error) {
+	if v.aborted {
+		return 0, errAborted
+	}
+	if v.pw == nil {
+		if len(v.held)+len(p) <= heldLimit {
+			v.held = append(v.held, p...)
+			return len(p), nil
+		}
+		v.stream()
+		held := v.held
+		v.held = nil
+		if _, err := v.pw.Write(held); err != nil {
+			return 0, err
+		}
+	}
+	return v.pw.Write(p)
+}
+
+// stream starts the verifier goroutine at the far end of a pipe.
+func (v *Verifying) stream() {
 	pr, pw := io.Pipe()
-	v := &Verifying{pw: pw, done: make(chan struct{})}
+	v.pw, v.done = pw, make(chan struct{})
+	v.ctx, v.cancel = context.WithCancel(context.Background())
 	go func() {
 		defer close(v.done)
-		v.res, v.err = dkim.VerifyWithOptions(pr, &dkim.VerifyOptions{LookupTXT: lookup.LookupTXT, MaxVerifications: maxSignatures})
+		v.res, v.err = verify(v.ctx, v.lookup, pr)
 		// Verify may return before reading the body; drain it so that the
 		// writer never blocks.
 		_, _ = io.Copy(io.Discard, pr)
 	}()
-	return v
 }
 
-// Write feeds message bytes.
-func (v *Verifying) Write(p []byte) (int, error) { return v.pw.Write(p) }
+func verify(ctx context.Context, lookup Lookup, r io.Reader) ([]*dkim.Verification, error) {
+	return dkim.VerifyWithOptions(r, &dkim.VerifyOptions{
+		LookupTXT:        func(name string) ([]string, error) { return lookup.LookupTXT(ctx, name) },
+		MaxVerifications: maxSignatures,
+	})
+}
 
 // Result ends the message and classifies its signatures for fromDomain.
+// Key lookups give up when ctx ends.
 func (v *Verifying) Result(ctx context.Context, fromDomain string) (Outcome, error) {
-	if err := v.pw.Close(); err != nil {
-		return TempFail, err
+	var res []*dkim.Verification
+	var err error
+	if v.pw == nil {
+		res, err = verify(ctx, v.lookup, bytes.NewReader(v.held))
+		v.held = nil
+	} else {
+		defer v.cancel()
+		stop := context.AfterFunc(ctx, v.cancel)
+		defer stop()
+		if err := v.pw.Close(); err != nil {
+			return TempFail, err
+		}
+		select {
+		case <-v.done:
+		case <-ctx.Done():
+			return TempFail, ctx.Err()
+		}
+		res, err = v.res, v.err
 	}
-	select {
-	case <-v.done:
-	case <-ctx.Done():
-		return TempFail, ctx.Err()
+	if err != nil && !errors.Is(err, dkim.ErrTooManySignatures) {
+		return TempFail, fmt.Errorf("dkim verify: %w", err)
 	}
-	if v.err != nil && !errors.Is(v.err, dkim.ErrTooManySignatures) {
-		return TempFail, fmt.Errorf("dkim verify: %w", v.err)
-	}
-	return classify(v.res, fromDomain), nil
+	return classify(res, fromDomain), nil
 }
 
 // Abort ends an unfinished verification.
 func (v *Verifying) Abort() {
-	v.pw.CloseWithError(errors.New("message aborted"))
+	v.aborted, v.held = true, nil
+	if v.pw != nil {
+		v.cancel()
+		v.pw.CloseWithError(errAborted)
+	}
 }
+
+var errAborted = errors.New("message aborted")
 
 func classify(res []*dkim.Verification, fromDomain string) Outcome {
 	if len(res) == 0 {

@@ -7,14 +7,16 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 )
 
 // Lookup resolves DKIM key records: name is "<selector>._domainkey.<domain>".
 // Errors that are temporary must be net.Error values with Temporary() true;
-// every other error counts as "no key" (a permanent failure).
+// every other error counts as "no key" (a permanent failure). A lookup
+// gives up when ctx ends.
 type Lookup interface {
-	LookupTXT(name string) ([]string, error)
+	LookupTXT(ctx context.Context, name string) ([]string, error)
 }
 
 // DNS looks keys up in the DNS with a timeout per query.
@@ -24,12 +26,12 @@ type DNS struct {
 }
 
 // LookupTXT implements Lookup.
-func (d DNS) LookupTXT(name string) ([]string, error) {
+func (d DNS) LookupTXT(ctx context.Context, name string) ([]string, error) {
 	r := d.Resolver
 	if r == nil {
 		r = net.DefaultResolver
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), d.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, d.Timeout)
 	defer cancel()
 	txt, err := r.LookupTXT(ctx, name)
 	var de *net.DNSError
@@ -39,11 +41,68 @@ func (d DNS) LookupTXT(name string) ([]string, error) {
 	return txt, err
 }
 
+// Cached remembers the records that Lookup found, for TTL, so that a burst
+// of mail from one domain costs one file read or DNS query. Failures are
+// not remembered: a key published a moment later counts at once, and a
+// temporary failure is retried.
+type Cached struct {
+	Lookup Lookup
+	TTL    time.Duration
+	now    func() time.Time // for tests
+
+	mu      sync.Mutex
+	records map[string]cachedRecord
+}
+
+type cachedRecord struct {
+	txt     []string
+	expires time.Time
+}
+
+// maxCached bounds the memory of a Cached; real traffic comes from far
+// fewer signing domains.
+const maxCached = 4096
+
+// NewCached returns a cache in front of l.
+func NewCached(l Lookup, ttl time.Duration) *Cached {
+	return &Cached{Lookup: l, TTL: ttl, now: time.Now, records: make(map[string]cachedRecord)}
+}
+
+// LookupTXT implements Lookup.
+func (c *Cached) LookupTXT(ctx context.Context, name string) ([]string, error) {
+	key := strings.ToLower(strings.TrimSuffix(name, "."))
+	now := c.now()
+	c.mu.Lock()
+	r, ok := c.records[key]
+	c.mu.Unlock()
+	if ok && now.Before(r.expires) {
+		return r.txt, nil
+	}
+	txt, err := c.Lookup.LookupTXT(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.records) >= maxCached {
+		for k, r := range c.records {
+			if !now.Before(r.expires) {
+				delete(c.records, k)
+			}
+		}
+		if len(c.records) >= maxCached {
+			clear(c.records)
+		}
+	}
+	c.records[key] = cachedRecord{txt: txt, expires: now.Add(c.TTL)}
+	return txt, nil
+}
+
 // Map serves key records from memory, for tests and private setups.
 type Map map[string]string
 
 // LookupTXT implements Lookup.
-func (m Map) LookupTXT(name string) ([]string, error) {
+func (m Map) LookupTXT(_ context.Context, name string) ([]string, error) {
 	if v, ok := m[strings.ToLower(strings.TrimSuffix(name, "."))]; ok {
 		return []string{v}, nil
 	}
@@ -56,7 +115,7 @@ func (m Map) LookupTXT(name string) ([]string, error) {
 type Dir string
 
 // LookupTXT implements Lookup.
-func (d Dir) LookupTXT(name string) ([]string, error) {
+func (d Dir) LookupTXT(_ context.Context, name string) ([]string, error) {
 	name = strings.ToLower(strings.TrimSuffix(name, "."))
 	if strings.ContainsAny(name, "/\\") || strings.HasPrefix(name, ".") {
 		return nil, &net.DNSError{Err: "bad name", Name: name, IsNotFound: true}

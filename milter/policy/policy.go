@@ -66,6 +66,7 @@ import (
 	"net/textproto"
 	"strings"
 	"sync"
+	"time"
 
 	"chatmail.dev/milter/dkimstream"
 	"chatmail.dev/milter/pgpmime"
@@ -166,6 +167,10 @@ type Verdict struct {
 	Add    []Field
 }
 
+// KeyCacheTTL is how long a DKIM key found stays in use without a new
+// lookup: a changed or withdrawn key counts after at most this long.
+const KeyCacheTTL = time.Minute
+
 // Engine holds what outlives a transaction.
 type Engine struct {
 	mail    *config.Mail
@@ -187,11 +192,11 @@ func NewEngine(common *config.Common, cfg *Config, log *slog.Logger) (*Engine, e
 		log:     log,
 	}
 	if cfg.VerifyDKIM {
+		var l dkimstream.Lookup = dkimstream.DNS{Timeout: cfg.DNSTimeout.D()}
 		if cfg.DKIMKeysDir != "" {
-			e.lookup = dkimstream.Dir(cfg.DKIMKeysDir)
-		} else {
-			e.lookup = dkimstream.DNS{Timeout: cfg.DNSTimeout.D()}
+			l = dkimstream.Dir(cfg.DKIMKeysDir)
 		}
+		e.lookup = dkimstream.NewCached(l, KeyCacheTTL)
 	}
 	for _, d := range common.Mail.Domains {
 		sel, file, key := cfg.DKIMSelector, cfg.DKIMKeyFile, "dkim_key_file"

@@ -317,7 +317,7 @@ func TestDKIMVerify(t *testing.T) {
 
 type tempFail struct{}
 
-func (tempFail) LookupTXT(string) ([]string, error) {
+func (tempFail) LookupTXT(context.Context, string) ([]string, error) {
 	return nil, &timeoutErr{}
 }
 

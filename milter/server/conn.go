@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"net"
@@ -10,6 +11,11 @@ import (
 
 	"chatmail.dev/milter/policy"
 )
+
+// readers hold what the MTA sends without waiting for an answer: the
+// header fields, or a body chunk of up to 64 KiB in a few reads. They are
+// reused: Postfix opens a connection per SMTP session.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
 
 // listener registers every accepted connection with the server.
 type listener struct {
@@ -23,6 +29,8 @@ func (l *listener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	w := &conn{Conn: c, s: l.s, done: make(chan struct{})}
+	w.r = readers.Get().(*bufio.Reader)
+	w.r.Reset(c)
 	l.s.mu.Lock()
 	l.s.conns[w] = struct{}{}
 	l.s.wg.Add(1)
@@ -38,6 +46,7 @@ func (l *listener) Accept() (net.Conn, error) {
 type conn struct {
 	net.Conn
 	s *Server
+	r *bufio.Reader // go-milter reads each packet in two reads
 
 	mu      sync.Mutex
 	busy    bool
@@ -60,7 +69,7 @@ func (c *conn) Read(p []byte) (int, error) {
 		if c.s.isDraining() && !c.isBusy() {
 			return 0, io.EOF
 		}
-		n, err := c.Conn.Read(p)
+		n, err := c.r.Read(p)
 		c.mu.Lock()
 		c.in.scan(p[:n], func(code byte) {
 			c.lastCmd = code
@@ -125,6 +134,10 @@ func (c *conn) Close() error {
 	c.mu.Unlock()
 	err := c.Conn.Close()
 	if first {
+		// go-milter closes from the goroutine that reads, after its
+		// last read.
+		c.r.Reset(nil)
+		readers.Put(c.r)
 		// go-milter closes the connection from the goroutine that runs
 		// the callbacks, once it stops reading, so no callback uses txn
 		// any more. Ending it stops the DKIM goroutines blocked on it.

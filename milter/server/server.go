@@ -88,13 +88,21 @@ func (s *Server) accept(ln *listener) error {
 		ms := &milter.Server{
 			NewMilter: func() milter.Milter { return &backend{s: s, c: w} },
 			Actions:   milter.OptAddHeader | milter.OptChangeHeader,
-			// No reply per header: a round trip less for each header
-			// field, most of what a milter costs Postfix.
-			Protocol: milter.OptNoConnect | milter.OptNoHelo | milter.OptHeaderLeadingSpace | milter.OptNoHeaderReply,
+			Protocol:  protocol,
 		}
 		go func() { _ = ms.Serve(&oneConn{c: w}) }()
 	}
 }
+
+// protocol asks Postfix for the events the policy needs and to wait for a
+// reply only where one can refuse: at RCPT and at the end of the message.
+// Every reply Postfix waits for is a round trip and a context switch each
+// way, which is most of what a milter costs it. Decisions that could be
+// made at MAIL or at the end of the header section wait for the end of
+// the message instead: the client sees the same reply, a little later.
+const protocol = milter.OptNoConnect | milter.OptNoHelo | milter.OptNoUnknown | milter.OptNoData |
+	milter.OptNoMailReply | milter.OptNoHeaderReply | milter.OptNoEOHReply | milter.OptNoBodyReply |
+	milter.OptHeaderLeadingSpace
 
 // drain marks the server as stopping and wakes idle sessions up so they
 // end; busy ones end after answering their message.
@@ -128,11 +136,16 @@ func Listen(cfg *policy.Config) (net.Listener, error) {
 
 // backend handles the callbacks of one message. go-milter makes a new one
 // after each final answer, so it holds nothing beyond the message.
+//
+// Only RcptTo and Body answer (see protocol); the other callbacks return a
+// nil response, which go-milter does not send. What they would have
+// answered waits in pending for the next callback that answers.
 type backend struct {
 	s       *Server
 	c       *conn
 	txn     *policy.Txn
-	counted bool // a verdict for this message was counted
+	pending *policy.Verdict // the decision on the message, taken early
+	counted bool            // a verdict for this message was counted
 	queueID string
 }
 
@@ -159,41 +172,61 @@ func reply(r policy.Reply) milter.Response {
 	return milter.NewResponseStr(byte(milter.ActReplyCode), r.String())
 }
 
-// guard turns a panic in a callback into a temporary failure.
-func (b *backend) guard(resp *milter.Response, err *error) {
+// internal is the verdict on a message whose handling failed.
+func (b *backend) internal() *policy.Verdict {
+	dir := policy.Incoming
+	if b.txn != nil {
+		dir = b.txn.Direction()
+	}
+	return &policy.Verdict{Direction: dir, Reason: policy.ReasonInternal, Reply: policy.ReplyInternal}
+}
+
+// guard turns a panic in a callback into a temporary failure: the answer
+// itself if the callback answers, else the decision pending for the next
+// answer.
+func (b *backend) guard(answer bool, resp *milter.Response, err *error) {
 	if p := recover(); p != nil {
 		b.s.log.Error("panic in milter callback", "panic", p)
-		dir := policy.Incoming
-		if b.txn != nil {
-			dir = b.txn.Direction()
-		}
+		v := b.internal()
 		b.setTxn(nil)
-		b.count(&policy.Verdict{Direction: dir, Reason: policy.ReasonInternal})
-		*resp, *err = reply(policy.ReplyInternal), nil
+		*resp, *err = nil, nil
+		if answer {
+			b.count(v)
+			*resp = reply(v.Reply)
+		} else {
+			b.pending = v
+		}
 	}
 }
 
 func (b *backend) Connect(string, string, uint16, net.IP, *milter.Modifier) (milter.Response, error) {
-	return milter.RespContinue, nil
+	return nil, nil // not sent (SMFIP_NOCONNECT)
 }
 
 func (b *backend) Helo(string, *milter.Modifier) (milter.Response, error) {
-	return milter.RespContinue, nil
+	return nil, nil // not sent (SMFIP_NOHELO)
 }
 
+// MailFrom starts the message; it has no answer (SMFIP_NR_MAIL).
 func (b *backend) MailFrom(from string, m *milter.Modifier) (resp milter.Response, err error) {
-	defer b.guard(&resp, &err)
+	defer b.guard(false, &resp, &err)
 	b.counted = false
+	b.pending = nil
 	b.queueID = m.Macros["i"]
 	b.setTxn(b.s.engine.Begin(m.Macros["{auth_authen}"], from))
 	if b.queueID != "" {
 		b.txn.With(logging.MsgID(b.queueID))
 	}
-	return milter.RespContinue, nil
+	return nil, nil
 }
 
 func (b *backend) RcptTo(rcpt string, m *milter.Modifier) (resp milter.Response, err error) {
-	defer b.guard(&resp, &err)
+	defer b.guard(true, &resp, &err)
+	if b.pending != nil {
+		// MAIL failed: refuse every recipient with its temporary reply.
+		b.count(b.pending)
+		return reply(b.pending.Reply), nil
+	}
 	if b.txn == nil {
 		return nil, errors.New("RCPT before MAIL")
 	}
@@ -206,16 +239,12 @@ func (b *backend) RcptTo(rcpt string, m *milter.Modifier) (resp milter.Response,
 	return milter.RespContinue, nil
 }
 
-// Header sends no reply: Postfix was asked not to wait for one
-// (SMFIP_NR_HDR). So a failure here cannot answer; it ends the connection
-// instead, and Postfix applies milter_default_action = tempfail.
+// Header records a field; it has no answer (SMFIP_NR_HDR).
 func (b *backend) Header(name, value string, m *milter.Modifier) (resp milter.Response, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			b.s.log.Error("panic in milter callback", "panic", p)
-			resp, err = nil, fmt.Errorf("panic in header callback: %v", p)
-		}
-	}()
+	defer b.guard(false, &resp, &err)
+	if b.pending != nil {
+		return nil, nil
+	}
 	if b.txn == nil {
 		return nil, errors.New("header before MAIL")
 	}
@@ -223,28 +252,42 @@ func (b *backend) Header(name, value string, m *milter.Modifier) (resp milter.Re
 	return nil, nil
 }
 
+// Headers ends the header section; it has no answer (SMFIP_NR_EOH), so a
+// decision taken here waits for the end of the message.
 func (b *backend) Headers(textproto.MIMEHeader, *milter.Modifier) (resp milter.Response, err error) {
-	defer b.guard(&resp, &err)
+	defer b.guard(false, &resp, &err)
+	if b.pending != nil {
+		return nil, nil
+	}
 	if b.txn == nil {
 		return nil, errors.New("end of header before MAIL")
 	}
 	if v := b.txn.EndHeaders(); v != nil {
-		return b.final(v, nil)
+		b.pending = v
+		b.setTxn(nil) // nothing more to look at
 	}
-	return milter.RespContinue, nil
+	return nil, nil
 }
 
+// BodyChunk streams a body chunk; it has no answer (SMFIP_NR_BODY).
 func (b *backend) BodyChunk(chunk []byte, m *milter.Modifier) (resp milter.Response, err error) {
-	defer b.guard(&resp, &err)
+	defer b.guard(false, &resp, &err)
+	if b.pending != nil {
+		return nil, nil
+	}
 	if b.txn == nil {
 		return nil, errors.New("body before MAIL")
 	}
 	b.txn.Body(chunk)
-	return milter.RespContinue, nil
+	return nil, nil
 }
 
+// Body is the end of the message, where the decision is answered.
 func (b *backend) Body(m *milter.Modifier) (resp milter.Response, err error) {
-	defer b.guard(&resp, &err)
+	defer b.guard(true, &resp, &err)
+	if b.pending != nil {
+		return b.final(b.pending, m)
+	}
 	if b.txn == nil {
 		return nil, errors.New("end of body before MAIL")
 	}
@@ -261,6 +304,7 @@ func (b *backend) Body(m *milter.Modifier) (resp milter.Response, err error) {
 // final answers a decision on the whole message, applying its changes.
 func (b *backend) final(v *policy.Verdict, m *milter.Modifier) (milter.Response, error) {
 	defer b.setTxn(nil)
+	b.pending = nil
 	if v.Reply.Accepted() && m != nil {
 		if err := apply(v, m); err != nil {
 			b.s.log.Error("cannot modify message", "err", err)
@@ -292,5 +336,6 @@ func apply(v *policy.Verdict, m *milter.Modifier) error {
 
 func (b *backend) Abort(*milter.Modifier) error {
 	b.setTxn(nil)
+	b.pending = nil
 	return nil
 }

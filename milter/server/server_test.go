@@ -27,7 +27,7 @@ type harness struct {
 	done   chan error
 }
 
-func start(t *testing.T, edit func(*policy.Config)) *harness {
+func start(t testing.TB, edit func(*policy.Config)) *harness {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "m") // short: unix socket paths are limited
 	if err != nil {
@@ -71,7 +71,7 @@ func start(t *testing.T, edit func(*policy.Config)) *harness {
 	return h
 }
 
-func (h *harness) session(t *testing.T) *milter.ClientSession {
+func (h *harness) session(t testing.TB) *milter.ClientSession {
 	t.Helper()
 	c := milter.NewClientWithOptions("unix", h.sock, milter.ClientOptions{
 		ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
@@ -85,7 +85,7 @@ func (h *harness) session(t *testing.T) *milter.ClientSession {
 }
 
 // begin sends MAIL (with the SASL login, if any) and RCPTs.
-func begin(t *testing.T, s *milter.ClientSession, auth, from string, rcpts ...string) *milter.Action {
+func begin(t testing.TB, s *milter.ClientSession, auth, from string, rcpts ...string) *milter.Action {
 	t.Helper()
 	if auth != "" {
 		if err := s.Macros(milter.CodeMail, "{auth_authen}", auth, "i", "4Fq1x2"); err != nil {
@@ -109,10 +109,12 @@ func begin(t *testing.T, s *milter.ClientSession, auth, from string, rcpts ...st
 }
 
 // message sends header fields and body as Postfix would.
-func message(t *testing.T, s *milter.ClientSession, raw []byte) ([]milter.ModifyAction, *milter.Action) {
+func message(t testing.TB, s *milter.ClientSession, raw []byte) ([]milter.ModifyAction, *milter.Action) {
 	t.Helper()
 	i := bytes.Index(raw, []byte("\r\n\r\n"))
-	for _, l := range strings.Split(strings.ReplaceAll(string(raw[:i]), "\r\n\t", "\n\t"), "\r\n") {
+	// Folded lines go with their field, joined by bare LF as Postfix sends them.
+	folded := strings.NewReplacer("\r\n\t", "\n\t", "\r\n ", "\n ").Replace(string(raw[:i]))
+	for _, l := range strings.Split(folded, "\r\n") {
 		name, value, _ := strings.Cut(l, ":")
 		if !s.ProtocolOption(milter.OptHeaderLeadingSpace) {
 			t.Fatal("SMFIP_HDR_LEADSPC not negotiated")
@@ -136,7 +138,7 @@ func message(t *testing.T, s *milter.ClientSession, raw []byte) ([]milter.Modify
 	return mods, act
 }
 
-func fixture(t *testing.T, name string) []byte {
+func fixture(t testing.TB, name string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("../testdata", name))
 	if err != nil {
@@ -146,7 +148,7 @@ func fixture(t *testing.T, name string) []byte {
 }
 
 func TestMilter(t *testing.T) {
-	h := start(t, func(c *policy.Config) { c.RateBurst = 2 })
+	h := start(t, func(c *policy.Config) { c.RateBurst = 3 })
 	s := h.session(t)
 	defer s.Close()
 
@@ -176,7 +178,16 @@ func TestMilter(t *testing.T) {
 		t.Fatalf("cleartext: %+v", act)
 	}
 
-	// Third message: over the burst of 2, refused at RCPT with 450.
+	// A decision taken with the header section (From is not the login)
+	// waits for the end of the message: Postfix does not wait for an
+	// answer at the end of the header section.
+	begin(t, s, "alice@chat.example", "alice@chat.example", "carol@other.example")
+	forged := bytes.Replace(fixture(t, "enc-v6.eml"), []byte("From: <alice@chat.example>"), []byte("From: <mallory@chat.example>"), 1)
+	if _, act = message(t, s, forged); act.Code != milter.ActReplyCode || act.SMTPCode != 554 {
+		t.Fatalf("forged From: %+v", act)
+	}
+
+	// Next message: over the burst of 3, refused at RCPT with 450.
 	act = begin(t, s, "alice@chat.example", "alice@chat.example", "carol@other.example")
 	if act == nil || act.SMTPCode != 450 || !strings.HasPrefix(act.SMTPText, "4.7.1 ") {
 		t.Fatalf("rate limit: %+v", act)
@@ -197,7 +208,7 @@ func TestMilter(t *testing.T) {
 	for _, c := range []struct {
 		dir, reason string
 		want        float64
-	}{{"out", "encrypted", 1}, {"out", "cleartext", 1}, {"in", "cleartext", 1}, {"in", "bounce", 0}} {
+	}{{"out", "encrypted", 1}, {"out", "cleartext", 1}, {"out", "bad_from", 1}, {"in", "cleartext", 1}, {"in", "bounce", 0}} {
 		got := testutil.ToFloat64(h.m.Verdicts.WithLabelValues(c.dir, c.reason))
 		if got != c.want {
 			t.Errorf("verdicts{%s,%s} = %v, want %v", c.dir, c.reason, got, c.want)
