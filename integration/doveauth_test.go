@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -242,6 +243,37 @@ func TestDoveauthStartsWithoutPostgres(t *testing.T) {
 		wantLogin(t, shared, existing, goodPassword, imap.ResponseCodeUnavailable)
 		wantLogin(t, shared, fresh, goodPassword, imap.ResponseCodeUnavailable)
 	})
+}
+
+// A database migrated by a newer release is not used: chatmail-admin
+// refuses with a clear error, doveauth answers "try again later" (never a
+// wrong answer) and serves again once the schema is one it knows.
+func TestSchemaNewer(t *testing.T) {
+	existing := newUsers(t, shared, 1)[0]
+	conn := db(t, shared)
+	ctx := context.Background()
+	if _, err := conn.Exec(ctx, `INSERT INTO schema_migrations (version) VALUES (999999)`); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if _, err := conn.Exec(ctx, `DELETE FROM schema_migrations WHERE version = 999999`); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Cleanup(restore)
+	f := strings.Fields(shared.Env["ADMIN"])
+	out, err := exec.Command(f[0], append(f[1:], "list")...).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "newer") {
+		t.Errorf("chatmail-admin on a newer schema: %v\n%s", err, out)
+	}
+	shared.Run(t, "restart", "doveauth")
+	wantLogin(t, shared, existing, goodPassword, imap.ResponseCodeUnavailable)
+	restore()
+	eventually(t, 20*time.Second, func() error { return imapLogin(shared, existing, goodPassword) })
 }
 
 func TestLMTPDeliveryAndQuota(t *testing.T) {

@@ -146,7 +146,12 @@ func (g *migrationGate) migrate(ctx context.Context, store *accounts.Store, log 
 			log.Info("account store ready")
 			return
 		}
-		log.Warn("account store not ready, retrying", "err", err, "delay", delay)
+		if errors.Is(err, accounts.ErrSchemaNewer) {
+			// Not transient: the admin has to run the newer release.
+			log.Error("account store unusable, retrying", "err", err, "delay", delay)
+		} else {
+			log.Warn("account store not ready, retrying", "err", err, "delay", delay)
+		}
 		select {
 		case <-ctx.Done():
 			return

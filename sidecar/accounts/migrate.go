@@ -3,8 +3,10 @@ package accounts
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
+	"path"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,13 +21,54 @@ var migrations embed.FS
 // several daemons start at once.
 const migrationLock = 0x63686174 // "chat"
 
-// Migrate applies the migrations not yet applied, each in its own transaction.
-func (s *Store) Migrate(ctx context.Context) error {
-	names, err := fs.Glob(migrations, "migrations/*.sql")
+// ErrSchemaNewer means the database was migrated by a newer program: this
+// one does not know its schema and must not use it.
+var ErrSchemaNewer = errors.New("database schema is newer than this program")
+
+// migration is one embedded schema change, numbered by its file name
+// ("NNN_what.sql").
+type migration struct {
+	version int
+	name    string
+	body    string
+}
+
+// readMigrations lists the migrations of fsys in version order.
+func readMigrations(fsys fs.FS) ([]migration, error) {
+	names, err := fs.Glob(fsys, "migrations/*.sql")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	sort.Strings(names)
+	var ms []migration
+	seen := map[int]string{}
+	for _, name := range names {
+		base := path.Base(name)
+		v, err := strconv.Atoi(strings.SplitN(base, "_", 2)[0])
+		if err != nil || v <= 0 {
+			return nil, fmt.Errorf("bad migration name %q", base)
+		}
+		if other, ok := seen[v]; ok {
+			return nil, fmt.Errorf("migrations %q and %q have the same number", other, base)
+		}
+		seen[v] = base
+		body, err := fs.ReadFile(fsys, name)
+		if err != nil {
+			return nil, err
+		}
+		ms = append(ms, migration{v, base, string(body)})
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].version < ms[j].version })
+	return ms, nil
+}
+
+// Migrate applies the migrations not yet applied, each in its own
+// transaction. A database migrated further than this program knows is
+// ErrSchemaNewer.
+func (s *Store) Migrate(ctx context.Context) error {
+	ms, err := readMigrations(migrations)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("migrate: %w", err)
@@ -38,26 +81,24 @@ func (s *Store) Migrate(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
-	for _, name := range names {
-		base := strings.TrimPrefix(name, "migrations/")
-		v, err := strconv.Atoi(strings.SplitN(base, "_", 2)[0])
-		if err != nil {
-			return fmt.Errorf("migrate: bad migration name %q", base)
-		}
-		body, err := migrations.ReadFile(name)
-		if err != nil {
-			return err
-		}
+	var applied int
+	if err := conn.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM schema_migrations`).Scan(&applied); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	if known := ms[len(ms)-1].version; applied > known {
+		return fmt.Errorf("%w: the database is at version %d, this program knows up to %d; run the newer program", ErrSchemaNewer, applied, known)
+	}
+	for _, m := range ms {
 		err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-			tag, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING`, v)
+			tag, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING`, m.version)
 			if err != nil || tag.RowsAffected() == 0 {
 				return err
 			}
-			_, err = tx.Exec(ctx, string(body))
+			_, err = tx.Exec(ctx, m.body)
 			return err
 		})
 		if err != nil {
-			return fmt.Errorf("migrate: %s: %w", base, err)
+			return fmt.Errorf("migrate: %s: %w", m.name, err)
 		}
 	}
 	return nil

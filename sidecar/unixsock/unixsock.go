@@ -11,6 +11,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"syscall"
 )
 
 // Listen binds a unix stream socket at path with the given permission mode
@@ -21,9 +22,15 @@ func Listen(path string, mode uint32, group string) (net.Listener, error) {
 		if fi.Mode().Type() != fs.ModeSocket {
 			return nil, fmt.Errorf("%s exists and is not a socket", path)
 		}
-		if c, err := net.Dial("unix", path); err == nil {
+		c, err := net.Dial("unix", path)
+		if err == nil {
 			c.Close()
 			return nil, fmt.Errorf("%s: another process is serving this socket", path)
+		}
+		// Only "nobody listens" marks a socket stale; any other failure
+		// (a permission, a busy backlog) may hide a live server.
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("%s: cannot tell whether the socket is in use: %w", path, err)
 		}
 		if err := os.Remove(path); err != nil {
 			return nil, err
