@@ -1,0 +1,89 @@
+package server
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// packet encodes one milter packet: code, then each string NUL-terminated.
+// A macro packet (D) starts with the command it is for: "M{auth_authen}".
+func packet(code byte, data ...string) []byte {
+	var b []byte
+	for _, d := range data {
+		b = append(append(b, d...), 0)
+	}
+	return append(binary.BigEndian.AppendUint32(nil, uint32(len(b)+1)), append([]byte{code}, b...)...)
+}
+
+// negotiate is what Postfix sends first: version 6, every action and event.
+var negotiate = append(binary.BigEndian.AppendUint32(nil, 13), append([]byte{'O'},
+	binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, 6), 0x1ff), 0x1fffff)...)...)
+
+func concat(ps ...[]byte) []byte {
+	var b []byte
+	for _, p := range ps {
+		b = append(b, p...)
+	}
+	return b
+}
+
+// FuzzSession sends arbitrary packets after the negotiation, as a broken or
+// hostile MTA might: the server must neither crash nor hang, must end the
+// session when the MTA does, and must go on serving others.
+func FuzzSession(f *testing.F) {
+	body := string(fixture(f, "enc-v6.eml"))
+	f.Add(concat(
+		packet('D', "M{auth_authen}", "alice@chat.example"), packet('M', "<alice@chat.example>"),
+		packet('R', "<carol@other.example>"), packet('L', "From", " <alice@chat.example>"),
+		packet('L', "Content-Type", ` multipart/encrypted; protocol="application/pgp-encrypted"; boundary="B"`),
+		packet('N'), packet('B', body), packet('E'), packet('Q')))
+	f.Add(concat(packet('M', "<x@other.example>"), packet('R', "<bob@chat.example>"),
+		packet('L', "From", " <x@other.example>"), packet('N'), packet('B', "hello"), packet('E'),
+		packet('M', "<y@other.example>"), packet('A'), packet('R', "<bob@chat.example>")))
+	f.Add(concat(packet('L', "From", " x"), packet('E'), packet('B', "x"), packet('N')))
+	f.Add(concat(packet('M', ""), packet('D'), packet('D', "R"), packet('R', ""), packet('E')))
+
+	h := start(f, nil)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := net.Dial("unix", h.sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write(append(append([]byte(nil), negotiate...), data...)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			// The server may close first, having refused the input.
+			return
+		}
+		_ = c.(*net.UnixConn).CloseWrite()
+		// Whatever it answered, the server ends the session now that the
+		// MTA has nothing more to say.
+		if _, err := io.Copy(io.Discard, c); err != nil && !isReset(err) {
+			t.Fatalf("session did not end: %v", err)
+		}
+		// And it still serves: a new session is negotiated.
+		c2, err := net.Dial("unix", h.sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c2.Close()
+		_ = c2.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c2.Write(negotiate); err != nil {
+			t.Fatal(err)
+		}
+		reply := make([]byte, 5)
+		if _, err := io.ReadFull(c2, reply); err != nil || reply[4] != 'O' {
+			t.Fatalf("no negotiation after the fuzzed session: %q %v", reply, err)
+		}
+	})
+}
+
+func isReset(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && !op.Timeout()
+}
