@@ -270,3 +270,37 @@ func TestDrain(t *testing.T) {
 	}
 	h.done <- nil // for the cleanup
 }
+
+// TestInternalFailureWithoutReply checks that a failure in a callback
+// Postfix does not wait for (here MAIL, with no engine to start the
+// transaction) is answered at the next reply: a temporary failure, counted,
+// never an accept.
+func TestInternalFailureWithoutReply(t *testing.T) {
+	h := start(t, nil)
+	// A second server on the harness's metrics, whose engine is missing.
+	dir, err := os.MkdirTemp("", "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	ln, err := net.Listen("unix", filepath.Join(dir, "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(nil, slog.New(slog.DiscardHandler), h.m)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	broken := &harness{sock: filepath.Join(dir, "s")}
+	sess := broken.session(t)
+	defer sess.Close()
+	act := begin(t, sess, "", "carol@other.example", "bob@chat.example")
+	if act == nil || act.SMTPCode != 451 {
+		t.Fatalf("RCPT after a failed MAIL: %+v, want 451", act)
+	}
+	if got := testutil.ToFloat64(h.m.Verdicts.WithLabelValues("in", string(policy.ReasonInternal))); got != 1 {
+		t.Errorf("verdicts{in,internal_error} = %v", got)
+	}
+}
