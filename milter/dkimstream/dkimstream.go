@@ -161,6 +161,9 @@ func (v *Verifying) Write(p []byte) (int, error) {
 	}
 	if v.pw == nil {
 		if len(v.held)+len(p) <= heldLimit {
+			if v.held == nil {
+				v.held = make([]byte, 0, min(heldLimit, max(8<<10, 2*len(p))))
+			}
 			v.held = append(v.held, p...)
 			return len(p), nil
 		}

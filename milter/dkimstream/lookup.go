@@ -41,13 +41,13 @@ func (d DNS) LookupTXT(ctx context.Context, name string) ([]string, error) {
 	return txt, err
 }
 
-// Cached remembers the records that Lookup found, for TTL, so that a burst
-// of mail from one domain costs one file read or DNS query. Failures are
-// not remembered: a key published a moment later counts at once, and a
-// temporary failure is retried.
+// Cached remembers the records another Lookup found, for a while, so that
+// a burst of mail from one domain costs one file read or DNS query.
+// Failures are not remembered: a key published a moment later counts at
+// once, and a temporary failure is retried. Make one with NewCached.
 type Cached struct {
-	Lookup Lookup
-	TTL    time.Duration
+	lookup Lookup
+	ttl    time.Duration
 	now    func() time.Time // for tests
 
 	mu      sync.Mutex
@@ -63,9 +63,9 @@ type cachedRecord struct {
 // fewer signing domains.
 const maxCached = 4096
 
-// NewCached returns a cache in front of l.
+// NewCached returns a cache in front of l that keeps records for ttl.
 func NewCached(l Lookup, ttl time.Duration) *Cached {
-	return &Cached{Lookup: l, TTL: ttl, now: time.Now, records: make(map[string]cachedRecord)}
+	return &Cached{lookup: l, ttl: ttl, now: time.Now, records: make(map[string]cachedRecord)}
 }
 
 // LookupTXT implements Lookup.
@@ -78,7 +78,7 @@ func (c *Cached) LookupTXT(ctx context.Context, name string) ([]string, error) {
 	if ok && now.Before(r.expires) {
 		return r.txt, nil
 	}
-	txt, err := c.Lookup.LookupTXT(ctx, name)
+	txt, err := c.lookup.LookupTXT(ctx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +94,7 @@ func (c *Cached) LookupTXT(ctx context.Context, name string) ([]string, error) {
 			clear(c.records)
 		}
 	}
-	c.records[key] = cachedRecord{txt: txt, expires: now.Add(c.TTL)}
+	c.records[key] = cachedRecord{txt: txt, expires: now.Add(c.ttl)}
 	return txt, nil
 }
 
