@@ -28,20 +28,14 @@ integration:
 	cd integration && $(GO) test -count=1 -timeout 20m ./...
 
 fuzz:
-	@for m in $(DAEMON_MODULES); do \
-		(cd $$m && for pkg in $$($(GO) list ./...); do \
-			for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
-				echo "fuzz $$pkg $$f"; \
-				$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
-			done; done) || exit 1; \
-	done
+	GO=$(GO) scripts/fuzz $(FUZZTIME) $(DAEMON_MODULES)
 
 lint:
 	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	@for m in $(MODULES); do \
 		(cd $$m && $(GO) vet ./... && GOWORK=off $(GO) build ./... && GOWORK=off $(GO) vet ./... && $(GO) mod tidy -diff) || exit 1; \
 	done
-	@bash -n scripts/stack scripts/install-deps
+	@bash -n scripts/stack scripts/install-deps scripts/bench scripts/fuzz
 
 bench:
 	scripts/bench
