@@ -270,7 +270,15 @@ func TestSchemaNewer(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "newer") {
 		t.Errorf("chatmail-admin on a newer schema: %v\n%s", err, out)
 	}
+	before := strings.Count(shared.Log(t, "doveauth.log"), "account store unusable")
 	shared.Run(t, "restart", "doveauth")
+	// Refused for the schema, not merely not migrated yet.
+	eventually(t, 20*time.Second, func() error {
+		if strings.Count(shared.Log(t, "doveauth.log"), "account store unusable") > before {
+			return nil
+		}
+		return errors.New(`doveauth logged no "account store unusable"`)
+	})
 	wantLogin(t, shared, existing, goodPassword, imap.ResponseCodeUnavailable)
 	restore()
 	eventually(t, 20*time.Second, func() error { return imapLogin(shared, existing, goodPassword) })

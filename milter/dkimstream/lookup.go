@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -35,8 +36,9 @@ func (d DNS) LookupTXT(ctx context.Context, name string) ([]string, error) {
 	defer cancel()
 	txt, err := r.LookupTXT(ctx, name)
 	var de *net.DNSError
-	if errors.As(err, &de) && de.IsTimeout {
-		de.IsTemporary = true // a timeout is worth a retry, not a bounce
+	if errors.As(err, &de) && (de.IsTimeout || errors.Is(err, context.Canceled)) {
+		// A lookup that ran out of time is worth a retry, not a bounce.
+		de.IsTemporary = true
 	}
 	return txt, err
 }
@@ -76,7 +78,7 @@ func (c *Cached) LookupTXT(ctx context.Context, name string) ([]string, error) {
 	r, ok := c.records[key]
 	c.mu.Unlock()
 	if ok && now.Before(r.expires) {
-		return r.txt, nil
+		return slices.Clone(r.txt), nil
 	}
 	txt, err := c.lookup.LookupTXT(ctx, name)
 	if err != nil {

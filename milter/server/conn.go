@@ -138,6 +138,7 @@ func (c *conn) Close() error {
 		// last read.
 		c.r.Reset(nil)
 		readers.Put(c.r)
+		c.r = nil // a read after Close fails loudly, never reads another's bytes
 		// go-milter closes the connection from the goroutine that runs
 		// the callbacks, once it stops reading, so no callback uses txn
 		// any more. Ending it stops the DKIM goroutines blocked on it.

@@ -1,7 +1,9 @@
 package server
 
 import (
+	"bytes"
 	"encoding/binary"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -93,6 +95,8 @@ func TestDroppedSessions(t *testing.T) {
 		rawPacket(t, c, 'L', "Content-Type", ` multipart/encrypted; protocol="application/pgp-encrypted"; boundary="B"`)
 		rawPacket(t, c, 'N')
 		rawData(t, c, 'B', []byte("--B\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n"))
+		// Past what a verification holds: it streams to its goroutine.
+		rawData(t, c, 'B', bytes.Repeat([]byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n"), 1100))
 		c.Close() // the MTA goes away without SMFIC_ABORT
 	}
 	deadline := time.Now().Add(5 * time.Second)
@@ -131,4 +135,74 @@ func TestRcptRefusalThenAccept(t *testing.T) {
 	if got := testutil.ToFloat64(h.m.Verdicts.WithLabelValues("out", "encrypted")); got != 1 {
 		t.Errorf("verdicts{out,encrypted} = %v", got)
 	}
+}
+
+// expectSilence fails if the milter sends anything within a short while:
+// Postfix reads no reply where it was told not to wait for one, so a stray
+// one would be taken as the answer to a later command.
+func expectSilence(t *testing.T, c net.Conn, after string) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	var b [1]byte
+	if n, err := c.Read(b[:]); n > 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("after %s: the milter sent something (%q, %v) where Postfix waits for nothing", after, b[:n], err)
+	}
+}
+
+// negotiateRaw opens a session as Postfix does: version 6, every action
+// and event offered.
+func negotiateRaw(t *testing.T, sock string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	opt := make([]byte, 12)
+	binary.BigEndian.PutUint32(opt[0:], 6)
+	binary.BigEndian.PutUint32(opt[4:], 0x1ff)
+	binary.BigEndian.PutUint32(opt[8:], 0x1fffff)
+	rawData(t, c, 'O', opt)
+	if code := readCode(t, c); code != 'O' {
+		t.Fatalf("negotiation answered %q", code)
+	}
+	return c
+}
+
+// TestRepliesOnlyWhereAwaited checks, on the wire, that the milter answers
+// RCPT and the end of the message and nothing else, with a decision taken
+// at the end of the header section and with a failure at MAIL.
+func TestRepliesOnlyWhereAwaited(t *testing.T) {
+	h := start(t, nil)
+	c := negotiateRaw(t, h.sock)
+	rawPacket(t, c, 'D', "M{auth_authen}", "alice@chat.example")
+	rawPacket(t, c, 'M', "<alice@chat.example>")
+	expectSilence(t, c, "MAIL")
+	rawPacket(t, c, 'R', "<carol@other.example>")
+	if code := readCode(t, c); code != 'c' {
+		t.Fatalf("RCPT answered %q", code)
+	}
+	// From is not the login: decided with the header, answered at the end.
+	rawPacket(t, c, 'L', "From", " <mallory@chat.example>")
+	rawPacket(t, c, 'N')
+	expectSilence(t, c, "the header section")
+	rawData(t, c, 'B', []byte("hello\r\n"))
+	expectSilence(t, c, "a body chunk")
+	rawPacket(t, c, 'E')
+	if code := readCode(t, c); code != 'y' {
+		t.Fatalf("end of message answered %q, want a reply code", code)
+	}
+	expectSilence(t, c, "the answer to the message")
+
+	// A failure at MAIL (no engine) is answered at RCPT, and only there.
+	c = negotiateRaw(t, startBroken(t, h.m).sock)
+	rawPacket(t, c, 'M', "<carol@other.example>")
+	expectSilence(t, c, "a failed MAIL")
+	for range 2 {
+		rawPacket(t, c, 'R', "<bob@chat.example>")
+		if code := readCode(t, c); code != 'y' {
+			t.Fatalf("RCPT after a failed MAIL answered %q, want a reply code (451)", code)
+		}
+	}
+	expectSilence(t, c, "the RCPT answers")
 }

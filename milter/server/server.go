@@ -190,11 +190,12 @@ func (b *backend) guard(answer bool, resp *milter.Response, err *error) {
 		v := b.internal()
 		b.setTxn(nil)
 		*resp, *err = nil, nil
+		// Pending as well when answered now: the next RCPT or the end of
+		// the message gets the same temporary failure.
+		b.pending = v
 		if answer {
 			b.count(v)
 			*resp = reply(v.Reply)
-		} else {
-			b.pending = v
 		}
 	}
 }

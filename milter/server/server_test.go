@@ -277,23 +277,7 @@ func TestDrain(t *testing.T) {
 // never an accept.
 func TestInternalFailureWithoutReply(t *testing.T) {
 	h := start(t, nil)
-	// A second server on the harness's metrics, whose engine is missing.
-	dir, err := os.MkdirTemp("", "m")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	ln, err := net.Listen("unix", filepath.Join(dir, "s"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := New(nil, slog.New(slog.DiscardHandler), h.m)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln) }()
-	t.Cleanup(func() { cancel(); <-done })
-
-	broken := &harness{sock: filepath.Join(dir, "s")}
+	broken := startBroken(t, h.m)
 	sess := broken.session(t)
 	defer sess.Close()
 	act := begin(t, sess, "", "carol@other.example", "bob@chat.example")
@@ -303,4 +287,25 @@ func TestInternalFailureWithoutReply(t *testing.T) {
 	if got := testutil.ToFloat64(h.m.Verdicts.WithLabelValues("in", string(policy.ReasonInternal))); got != 1 {
 		t.Errorf("verdicts{in,internal_error} = %v", got)
 	}
+}
+
+// startBroken starts a server without a policy engine, on metrics m: every
+// message fails at MAIL.
+func startBroken(t *testing.T, m *Metrics) *harness {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "m") // short: unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	ln, err := net.Listen("unix", filepath.Join(dir, "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(nil, slog.New(slog.DiscardHandler), m)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return &harness{sock: filepath.Join(dir, "s"), m: m}
 }
