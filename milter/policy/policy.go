@@ -167,9 +167,9 @@ type Verdict struct {
 	Add    []Field
 }
 
-// KeyCacheTTL is how long a DKIM key found stays in use without a new
+// keyCacheTTL is how long a DKIM key found stays in use without a new
 // lookup: a changed or withdrawn key counts after at most this long.
-const KeyCacheTTL = time.Minute
+const keyCacheTTL = time.Minute
 
 // Engine holds what outlives a transaction.
 type Engine struct {
@@ -196,7 +196,7 @@ func NewEngine(common *config.Common, cfg *Config, log *slog.Logger) (*Engine, e
 		if cfg.DKIMKeysDir != "" {
 			l = dkimstream.Dir(cfg.DKIMKeysDir)
 		}
-		e.lookup = dkimstream.NewCached(l, KeyCacheTTL)
+		e.lookup = dkimstream.NewCached(l, keyCacheTTL)
 	}
 	for _, d := range common.Mail.Domains {
 		sel, file, key := cfg.DKIMSelector, cfg.DKIMKeyFile, "dkim_key_file"

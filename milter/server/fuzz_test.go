@@ -1,27 +1,12 @@
 package server
 
 import (
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
 	"testing"
 	"time"
 )
-
-// packet encodes one milter packet: code, then each string NUL-terminated.
-// A macro packet (D) starts with the command it is for: "M{auth_authen}".
-func packet(code byte, data ...string) []byte {
-	var b []byte
-	for _, d := range data {
-		b = append(append(b, d...), 0)
-	}
-	return append(binary.BigEndian.AppendUint32(nil, uint32(len(b)+1)), append([]byte{code}, b...)...)
-}
-
-// negotiate is what Postfix sends first: version 6, every action and event.
-var negotiate = append(binary.BigEndian.AppendUint32(nil, 13), append([]byte{'O'},
-	binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, 6), 0x1ff), 0x1fffff)...)...)
 
 func concat(ps ...[]byte) []byte {
 	var b []byte

@@ -2,9 +2,6 @@ package server
 
 import (
 	"bytes"
-	"encoding/binary"
-	"errors"
-	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -16,53 +13,6 @@ import (
 
 	"chatmail.dev/milter/policy"
 )
-
-// rawPacket writes one milter packet: code, then each string NUL-terminated.
-func rawPacket(t *testing.T, c net.Conn, code byte, data ...string) {
-	t.Helper()
-	var b []byte
-	for _, d := range data {
-		b = append(append(b, d...), 0)
-	}
-	rawData(t, c, code, b)
-}
-
-func rawData(t *testing.T, c net.Conn, code byte, b []byte) {
-	t.Helper()
-	h := make([]byte, 5, 5+len(b))
-	binary.BigEndian.PutUint32(h, uint32(len(b)+1))
-	h[4] = code
-	if _, err := c.Write(append(h, b...)); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// readCode reads one packet and returns its code.
-func readCode(t *testing.T, c net.Conn) byte {
-	t.Helper()
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	h := make([]byte, 4)
-	if _, err := readFull(c, h); err != nil {
-		t.Fatal(err)
-	}
-	b := make([]byte, binary.BigEndian.Uint32(h))
-	if _, err := readFull(c, b); err != nil {
-		t.Fatal(err)
-	}
-	return b[0]
-}
-
-func readFull(c net.Conn, b []byte) (int, error) {
-	n := 0
-	for n < len(b) {
-		m, err := c.Read(b[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
-}
 
 // TestDroppedSessions checks that an MTA connection closed in the middle
 // of a message (no SMFIC_ABORT, which go-milter would need) ends the DKIM
@@ -76,16 +26,7 @@ func TestDroppedSessions(t *testing.T) {
 	runtime.GC()
 	base := runtime.NumGoroutine()
 	for range 50 {
-		c, err := net.Dial("unix", h.sock)
-		if err != nil {
-			t.Fatal(err)
-		}
-		opt := make([]byte, 12)
-		binary.BigEndian.PutUint32(opt[0:], 6)
-		binary.BigEndian.PutUint32(opt[4:], 0x1ff)
-		binary.BigEndian.PutUint32(opt[8:], 0x1fffff)
-		rawData(t, c, 'O', opt)
-		readCode(t, c)
+		c := negotiateRaw(t, h.sock)
 		// No replies but to RCPT and the end of the message (see protocol).
 		rawPacket(t, c, 'M', "<x@other.example>")
 		rawPacket(t, c, 'R', "<bob@chat.example>")
@@ -135,38 +76,6 @@ func TestRcptRefusalThenAccept(t *testing.T) {
 	if got := testutil.ToFloat64(h.m.Verdicts.WithLabelValues("out", "encrypted")); got != 1 {
 		t.Errorf("verdicts{out,encrypted} = %v", got)
 	}
-}
-
-// expectSilence fails if the milter sends anything within a short while:
-// Postfix reads no reply where it was told not to wait for one, so a stray
-// one would be taken as the answer to a later command.
-func expectSilence(t *testing.T, c net.Conn, after string) {
-	t.Helper()
-	_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	var b [1]byte
-	if n, err := c.Read(b[:]); n > 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("after %s: the milter sent something (%q, %v) where Postfix waits for nothing", after, b[:n], err)
-	}
-}
-
-// negotiateRaw opens a session as Postfix does: version 6, every action
-// and event offered.
-func negotiateRaw(t *testing.T, sock string) net.Conn {
-	t.Helper()
-	c, err := net.Dial("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	opt := make([]byte, 12)
-	binary.BigEndian.PutUint32(opt[0:], 6)
-	binary.BigEndian.PutUint32(opt[4:], 0x1ff)
-	binary.BigEndian.PutUint32(opt[8:], 0x1fffff)
-	rawData(t, c, 'O', opt)
-	if code := readCode(t, c); code != 'O' {
-		t.Fatalf("negotiation answered %q", code)
-	}
-	return c
 }
 
 // TestRepliesOnlyWhereAwaited checks, on the wire, that the milter answers

@@ -173,12 +173,16 @@ func reply(r policy.Reply) milter.Response {
 }
 
 // internal is the verdict on a message whose handling failed.
-func (b *backend) internal() *policy.Verdict {
-	dir := policy.Incoming
-	if b.txn != nil {
-		dir = b.txn.Direction()
-	}
+func internal(dir policy.Direction) *policy.Verdict {
 	return &policy.Verdict{Direction: dir, Reason: policy.ReasonInternal, Reply: policy.ReplyInternal}
+}
+
+// direction is the message's, or incoming before the transaction exists.
+func (b *backend) direction() policy.Direction {
+	if b.txn != nil {
+		return b.txn.Direction()
+	}
+	return policy.Incoming
 }
 
 // guard turns a panic in a callback into a temporary failure: the answer
@@ -187,7 +191,7 @@ func (b *backend) internal() *policy.Verdict {
 func (b *backend) guard(answer bool, resp *milter.Response, err *error) {
 	if p := recover(); p != nil {
 		b.s.log.Error("panic in milter callback", "panic", p)
-		v := b.internal()
+		v := internal(b.direction())
 		b.setTxn(nil)
 		*resp, *err = nil, nil
 		// Pending as well when answered now: the next RCPT or the end of
@@ -309,7 +313,7 @@ func (b *backend) final(v *policy.Verdict, m *milter.Modifier) (milter.Response,
 	if v.Reply.Accepted() && m != nil {
 		if err := apply(v, m); err != nil {
 			b.s.log.Error("cannot modify message", "err", err)
-			v = &policy.Verdict{Direction: v.Direction, Reason: policy.ReasonInternal, Reply: policy.ReplyInternal}
+			v = internal(v.Direction)
 		}
 	}
 	b.count(v)
