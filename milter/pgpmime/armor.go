@@ -13,6 +13,7 @@ var (
 	ErrArmorChecksum = errors.New("pgpmime: malformed armor checksum line")
 	ErrArmorEnd      = errors.New("pgpmime: armor has no END PGP MESSAGE line")
 	ErrArmorTrailer  = errors.New("pgpmime: text after the END PGP MESSAGE line")
+	ErrArmorBlanks   = errors.New("pgpmime: armor line ends in spaces or tabs")
 )
 
 var (
@@ -20,13 +21,11 @@ var (
 	armorEnd   = []byte("-----END PGP MESSAGE-----")
 )
 
-// MaxArmorHeaderValue bounds the value of an armor header, so that little
-// cleartext can ride along in one.
+// MaxArmorHeaderValue bounds the value of the one armor header allowed,
+// Version, so that little cleartext can ride along in it.
 const MaxArmorHeaderValue = 76
 
-// armorHeaderKeys are the armor header keys of RFC 9580 6.2.2.2; Version
-// comes first.
-var armorHeaderKeys = [][]byte{[]byte("Version"), []byte("Comment"), []byte("Hash"), []byte("Charset"), []byte("MessageID")}
+var armorVersion = []byte("Version: ")
 
 type armorState uint8
 
@@ -35,7 +34,8 @@ const (
 	aHeaders
 	aData
 	aChecksum // checksum line seen; END must follow
-	aTrailer  // END seen; only blank lines may follow
+	aTrailer  // END seen; one blank line may follow
+	aDone     // END and the blank line seen; nothing may follow
 )
 
 const (
@@ -61,8 +61,7 @@ var b64 = func() (t [256]byte) {
 // body are only validated and counted, never decoded.
 type armor struct {
 	st      armorState
-	headers int
-	extra   int     // headers other than Version
+	headers int     // Version headers
 	q       [4]byte // pending base64 quantum
 	qn      int
 	padded  bool // base64 padding seen: no more data
@@ -71,16 +70,17 @@ type armor struct {
 }
 
 func (a *armor) reset() {
-	a.st, a.headers, a.extra, a.qn, a.padded = aBegin, 0, 0, 0, false
+	a.st, a.headers, a.qn, a.padded = aBegin, 0, 0, false
 	a.w = walker{}
 }
 
 // line handles one line of the part body, terminator included.
 func (a *armor) line(l []byte) error {
 	l = trimEOL(l)
-	// RFC 9580 6.2: trailing whitespace on armor lines is ignored.
-	for len(l) > 0 && (l[len(l)-1] == ' ' || l[len(l)-1] == '\t') {
-		l = l[:len(l)-1]
+	// RFC 9580 6.2 tells readers to ignore trailing whitespace; a writer
+	// has no reason to put any there, so it could only be a covert channel.
+	if n := len(l); n > 0 && (l[n-1] == ' ' || l[n-1] == '\t') {
+		return ErrArmorBlanks
 	}
 	switch a.st {
 	case aBegin:
@@ -93,13 +93,11 @@ func (a *armor) line(l []byte) error {
 			a.st = aData
 			return nil
 		}
+		// Only one Version header: what GnuPG and others write. Other
+		// keys (Comment, Hash, ...) are free text nobody needs.
 		a.headers++
-		known, version := armorHeader(l)
-		if a.headers > MaxArmorHeaders || !known {
+		if a.headers > 1 || !bytes.HasPrefix(l, armorVersion) || len(l)-len(armorVersion) > MaxArmorHeaderValue {
 			return ErrArmorHeader
-		}
-		if !version {
-			a.extra++
 		}
 	case aData:
 		return a.data(l)
@@ -112,23 +110,11 @@ func (a *armor) line(l []byte) error {
 		if len(l) != 0 {
 			return ErrArmorTrailer
 		}
+		a.st = aDone
+	case aDone:
+		return ErrArmorTrailer
 	}
 	return nil
-}
-
-// armorHeader reports whether l is an armor header with a known key and a
-// value of at most MaxArmorHeaderValue bytes, and whether it is Version.
-func armorHeader(l []byte) (known, version bool) {
-	k, v, ok := bytes.Cut(l, []byte(": "))
-	if !ok || len(v) > MaxArmorHeaderValue {
-		return false, false
-	}
-	for i, key := range armorHeaderKeys {
-		if bytes.Equal(k, key) {
-			return true, i == 0
-		}
-	}
-	return false, false
 }
 
 // data handles a line in the base64 section.
@@ -235,7 +221,7 @@ func (a *armor) endData() error {
 
 // finish is called at the end of the part.
 func (a *armor) finish() error {
-	if a.st != aTrailer {
+	if a.st != aTrailer && a.st != aDone {
 		return ErrArmorEnd
 	}
 	return nil

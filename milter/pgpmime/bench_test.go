@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// synthetic builds a PGP/MIME body whose packets are PKESK v3 and a SEIPD v1
+// synthetic builds a PGP/MIME body whose packets are a PKESK v3 and a SEIPD v1
 // with 8 KiB partial body chunks, of about size bytes. The judge does not
 // decrypt, so random packet bodies are as good as real ones.
 func synthetic(size int) (ct []string, body []byte) {
@@ -21,8 +21,13 @@ func synthetic(size int) (ct []string, body []byte) {
 		return b
 	}
 	var pkts bytes.Buffer
+	// PKESK v3, ECDH: key ID, a 263-bit point MPI, a 48-byte wrapped key.
 	pkts.Write([]byte{0xc1, 94, 3})
-	pkts.Write(randBytes(93))
+	pkts.Write(randBytes(8))
+	pkts.Write([]byte{18, 0x01, 0x07, 0x40})
+	pkts.Write(randBytes(32))
+	pkts.WriteByte(48)
+	pkts.Write(randBytes(48))
 	data := max(size*3/4-100, 64)
 	pkts.WriteByte(0xd2)
 	first := true

@@ -39,14 +39,23 @@
 //   - the preamble and epilogue were unchecked, so any amount of cleartext
 //     could ride along: each is now limited to MaxPreamble bytes. Thunderbird
 //     and GnuPG put a one-line notice there, so they cannot be forbidden.
-//   - armor headers: filtermail allowed only "Version:" and only incoming.
-//     Here at most MaxArmorHeaders headers with the RFC 9580 names (Version,
-//     Comment, Hash, Charset, MessageID), each value at most
-//     MaxArmorHeaderValue bytes, as ProtonMail and GopenPGP write them; any
-//     other header fails. Result.ExtraArmorHeaders counts those other than
-//     Version, which the policy allows only incoming (Delta Chat writes none).
-//   - text after the END line (a second armored block, a signature, prose):
-//     only blank lines may follow.
+//   - armor headers: at most one, "Version:", with a value of at most
+//     MaxArmorHeaderValue bytes, and the policy allows it only incoming
+//     (Result.ArmorHeaders; Delta Chat writes none). Comment, Hash and the
+//     others are refused: free text nobody needs.
+//   - armor lines ending in spaces or tabs are refused (RFC 9580 tells
+//     readers to ignore them, so they could only carry a covert channel),
+//     and after the END line at most one blank line may follow, the one
+//     Delta Chat writes before the delimiter.
+//   - session key packets: each PKESK and SKESK body is read whole (at most
+//     MaxESKSize bytes) and every field must have the size its version and
+//     algorithm give it, with no byte to spare; at most MaxESKs of them.
+//   - part headers: only Content-Type (parameters charset and name, as
+//     short tokens), Content-Transfer-Encoding, Content-Description with
+//     one of the values clients write, and Content-Disposition inline or
+//     attachment with a short token file name; at most MaxPartHeader
+//     bytes. Any other field fails the message: a part header cannot be
+//     rewritten without rewriting the body.
 //   - the protocol parameter was not checked: it is required, as RFC 3156
 //     says and every known client writes it.
 //   - transfer encodings were decoded: quoted-printable or base64 wrapped

@@ -13,10 +13,9 @@ const (
 	MaxLine = 1000
 	// MaxPreamble bounds the preamble and, separately, the epilogue.
 	MaxPreamble = 256
-	// MaxPartHeader bounds a part's header section.
-	MaxPartHeader = 4096
-	// MaxArmorHeaders is how many armor header lines may precede the data.
-	MaxArmorHeaders = 5
+	// MaxPartHeader bounds a part's header section; what clients write
+	// is about 150 bytes.
+	MaxPartHeader = 512
 	// MaxSoleText bounds the body of a sole text part that Result.SoleText reports.
 	MaxSoleText    = 256
 	maxVersionBody = 64
@@ -75,9 +74,9 @@ type Result struct {
 	// a Content-Transfer-Encoding 7bit, and a body of at most MaxSoleText
 	// bytes. It holds that body, trimmed.
 	SoleText string
-	// ExtraArmorHeaders counts the armor headers other than Version in an
-	// encrypted message; the policy allows them only on incoming mail.
-	ExtraArmorHeaders int
+	// ArmorHeaders counts the armor headers (at most one, Version) of an
+	// encrypted message; the policy allows one only on incoming mail.
+	ArmorHeaders int
 	// Size is the number of body bytes written.
 	Size int64
 }
@@ -311,55 +310,117 @@ func (j *Judge) delimiter(l []byte) (d, closing, bad bool) {
 	return true, closing, false
 }
 
+// partDescriptions are the Content-Description values OpenPGP clients
+// write on the two parts (lower case): Delta Chat before 2.x, Thunderbird,
+// Enigmail.
+var partDescriptions = map[string]bool{
+	"pgp/mime version identification":  true,
+	"pgp/mime versions identification": true,
+	"openpgp encrypted message":        true,
+}
+
+// partFields holds what a part header says, for the fields clients write.
+type partFields struct {
+	ct, cte, desc, disp, msgID []string
+	other                      bool // any other field
+}
+
 // beginPart parses the collected part header and sets up the part body.
 func (j *Judge) beginPart() {
 	j.st = stPartBody
-	var ct, cte []string
-	other := false // a field other than Content-Type and -Transfer-Encoding
+	var f partFields
 	ok := eachField(j.hdr, func(name, value []byte) {
+		v := string(value)
 		switch {
 		case bytes.EqualFold(name, []byte("Content-Type")):
-			ct = append(ct, string(value))
+			f.ct = append(f.ct, v)
 		case bytes.EqualFold(name, []byte("Content-Transfer-Encoding")):
-			cte = append(cte, string(value))
+			f.cte = append(f.cte, v)
+		case bytes.EqualFold(name, []byte("Content-Description")):
+			f.desc = append(f.desc, v)
+		case bytes.EqualFold(name, []byte("Content-Disposition")):
+			f.disp = append(f.disp, v)
+		case bytes.EqualFold(name, []byte("Message-ID")):
+			f.msgID = append(f.msgID, v)
 		default:
-			other = true
+			f.other = true
 		}
 	})
-	if !ok || len(ct) > 1 {
+	if !ok || len(f.ct) != 1 {
 		j.fail(ErrPartHeader)
 		return
 	}
-	mt := "text/plain" // RFC 2045 5.2 default
-	var params map[string]string
-	if len(ct) == 1 {
-		var err error
-		if mt, params, err = ParseContentType(ct[0]); err != nil {
-			j.fail(ErrPartHeader)
-			return
-		}
+	mt, params, err := ParseContentType(f.ct[0])
+	if err != nil {
+		j.fail(ErrPartHeader)
+		return
 	}
-	ident := identityEncoding(cte)
-	switch {
-	case j.mode == modeMixed:
-		// Only the legacy Secure-Join shape is of interest here.
-		j.partOK = mt == "text/plain" && len(ct) == 1 && !other && (len(params) == 0 ||
-			len(params) == 1 && params["charset"] != "") &&
-			(len(cte) == 0 || strings.EqualFold(strings.TrimSpace(cte[0]), "7bit"))
-	case j.parts == 1:
-		j.partOK = mt == "application/pgp-encrypted" && ident
+	if j.mode == modeMixed {
+		// Only the legacy Secure-Join shape is of interest here: what
+		// Delta Chat writes on its one text part, older cores a Message-ID
+		// too.
+		j.partOK = mt == "text/plain" && !f.other && len(f.desc) == 0 && len(f.disp) == 0 &&
+			onlyParams(params, "charset") && optToken(params, "charset", 16) &&
+			(len(f.cte) == 0 || len(f.cte) == 1 && strings.EqualFold(f.cte[0], "7bit")) &&
+			(len(f.msgID) == 0 || len(f.msgID) == 1 && validMsgID(f.msgID[0]))
 		if !j.partOK {
-			j.fail(ErrVersionPart)
+			j.done = true // cannot be a sole text part; nothing else to learn
 		}
-	default:
-		j.partOK = mt == "application/octet-stream" && ident
-		if !j.partOK {
-			j.fail(ErrDataPart)
+		return
+	}
+	if !encryptedPartHeader(f, params) {
+		j.fail(ErrPartHeader)
+		return
+	}
+	want, fail := "application/pgp-encrypted", ErrVersionPart
+	if j.parts == 2 {
+		want, fail = "application/octet-stream", ErrDataPart
+	}
+	j.partOK = mt == want && identityEncoding(f.cte)
+	if !j.partOK {
+		j.fail(fail)
+	}
+}
+
+// encryptedPartHeader reports whether a part header of an encrypted
+// message holds only the fields and parameters OpenPGP clients write
+// there, each once and in a fixed or token shape, so that no text rides
+// along in them.
+func encryptedPartHeader(f partFields, params map[string]string) bool {
+	if f.other || len(f.msgID) > 0 || len(f.cte) > 1 || len(f.desc) > 1 || len(f.disp) > 1 {
+		return false
+	}
+	if !onlyParams(params, "charset", "name") || !optToken(params, "charset", 16) || !optToken(params, "name", 32) {
+		return false
+	}
+	if len(f.desc) == 1 && !partDescriptions[strings.ToLower(f.desc[0])] {
+		return false
+	}
+	if len(f.disp) == 1 {
+		d, dp, err := ParseContentType(f.disp[0])
+		if err != nil || (d != "inline" && d != "attachment") || !onlyParams(dp, "filename") || !optToken(dp, "filename", 32) {
+			return false
 		}
 	}
-	if j.mode == modeMixed && !j.partOK {
-		j.done = true // cannot be a sole text part; nothing else to learn
+	return true
+}
+
+// onlyParams reports whether every parameter is one of names.
+func onlyParams(params map[string]string, names ...string) bool {
+	n := 0
+	for _, name := range names {
+		if _, ok := params[name]; ok {
+			n++
+		}
 	}
+	return n == len(params)
+}
+
+// optToken reports whether params has no parameter name or a Token of at
+// most max bytes.
+func optToken(params map[string]string, name string, max int) bool {
+	v, ok := params[name]
+	return !ok || Token(v, max)
 }
 
 // partLine handles a line of a part body.
@@ -433,7 +494,7 @@ func (j *Judge) Close() Result {
 		case j.parts != 2:
 			r.Encrypted = ErrPartCount
 		}
-		r.ExtraArmorHeaders = j.armor.extra
+		r.ArmorHeaders = j.armor.headers
 	case modeMixed:
 		r.Encrypted = ErrNotEncryptedType
 		if j.err == nil && !j.done && j.st == stEpilogue && j.parts == 1 && j.partOK && !j.edgeText {
@@ -490,6 +551,9 @@ func eachField(h []byte, fn func(name, value []byte)) bool {
 	flush()
 	return true
 }
+
+// Params are the top-level Content-Type parameters, known from Reset on.
+func (j *Judge) Params() map[string]string { return j.res.Params }
 
 // MediaType is the lower-case top-level media type, known from Reset on.
 func (j *Judge) MediaType() string { return j.res.MediaType }

@@ -66,7 +66,8 @@ func TestFixtures(t *testing.T) {
 		"neg-truncated.eml":            ErrTruncated,
 		"neg-bad-checksum.eml":         ErrArmorChecksum,
 		"neg-unknown-armor-header.eml": ErrArmorHeader,
-		"neg-long-armor-header.eml":    ErrArmorHeader,
+		"neg-long-armor-header.eml":    ErrArmorBlanks,
+		"neg-armor-comment.eml":        ErrArmorHeader,
 		"neg-garbage-after-end.eml":    ErrArmorTrailer,
 		"neg-two-blocks.eml":           ErrArmorTrailer,
 		"neg-text-before-armor.eml":    ErrArmorBegin,
@@ -168,9 +169,16 @@ func TestArmorEdges(t *testing.T) {
 		ok   bool
 	}{
 		{"unchanged", body, true},
-		{"trailing spaces", edit(func(ls []string) []string { ls[begin+2] += "  "; return ls }), true},
+		{"trailing spaces", edit(func(ls []string) []string { ls[begin+2] += "  "; return ls }), false},
+		{"trailing tab on END", edit(func(ls []string) []string { ls[end] += "\t"; return ls }), false},
 		{"blank lines after END", edit(func(ls []string) []string {
 			return append(ls[:end+1], append([]string{"", "", ""}, ls[end+1:]...)...)
+		}), false},
+		{"two blank lines after END", edit(func(ls []string) []string {
+			return append(ls[:end+1], append([]string{""}, ls[end+1:]...)...)
+		}), false},
+		{"no blank line after END", edit(func(ls []string) []string {
+			return append(ls[:end+1], ls[end+2:]...)
 		}), true},
 		{"no blank line after BEGIN", edit(func(ls []string) []string { return append(ls[:begin+1], ls[begin+2:]...) }), false},
 		{"blank line in data", edit(func(ls []string) []string {
@@ -187,6 +195,12 @@ func TestArmorEdges(t *testing.T) {
 		}), false},
 		{"armor header comment", edit(func(ls []string) []string {
 			return append(ls[:begin+1], append([]string{"Comment: x"}, ls[begin+1:]...)...)
+		}), false},
+		{"two Version headers", edit(func(ls []string) []string {
+			return append(ls[:begin+1], append([]string{"Version: 1", "Version: 2"}, ls[begin+1:]...)...)
+		}), false},
+		{"Version header", edit(func(ls []string) []string {
+			return append(ls[:begin+1], append([]string{"Version: 1"}, ls[begin+1:]...)...)
 		}), true},
 		{"long armor header", edit(func(ls []string) []string {
 			return append(ls[:begin+1], append([]string{"Comment: " + strings.Repeat("x", MaxArmorHeaderValue+1)}, ls[begin+1:]...)...)
@@ -299,6 +313,10 @@ func TestDelimiters(t *testing.T) {
 		{"sole text name param", sj, "--b\r\nContent-Type: text/plain; name=x\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
 		{"sole text 8bit", sj, "--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: 8bit\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
 		{"sole text disposition", sj, "--b\r\nContent-Type: text/plain\r\nContent-Disposition: inline\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
+		{"sole text message id", sj, "--b\r\nContent-Type: text/plain; charset=\"utf-8\"\r\nMessage-ID: <Mr.abc.def@chat.example>\r\nContent-Transfer-Encoding: 7bit\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", true},
+		{"sole text message id with text", sj, "--b\r\nContent-Type: text/plain\r\nMessage-ID: <buy cheap watches@x>\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
+		{"sole text two message ids", sj, "--b\r\nContent-Type: text/plain\r\nMessage-ID: <a@b>\r\nMessage-ID: <a@c>\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
+		{"sole text long charset", sj, "--b\r\nContent-Type: text/plain; charset=buy-cheap-watches-now\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
 		{"sole text rfc 2231 part", sj, "--b\r\nContent-Type: text/plain; charset*=utf-8''x\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
 	} {
 		for _, rnd := range []*rand.Rand{rand.New(rand.NewPCG(9, 10)), rand.New(rand.NewPCG(11, 12))} {
@@ -307,6 +325,44 @@ func TestDelimiters(t *testing.T) {
 			if got != c.ok {
 				t.Errorf("%s: got %v %q, want ok=%v", c.name, res.Encrypted, res.SoleText, c.ok)
 			}
+		}
+	}
+}
+
+// TestPartHeaders checks that the two part headers of an encrypted message
+// hold only what OpenPGP clients write there.
+func TestPartHeaders(t *testing.T) {
+	raw, err := os.ReadFile("../testdata/enc-v4.eml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, cte, body := splitMessage(t, raw)
+	const data = `Content-Type: application/octet-stream; name="encrypted.asc"`
+	const version = "Content-Type: application/pgp-encrypted"
+	if !bytes.Contains(body, []byte(data+"\r\n")) || !bytes.Contains(body, []byte(version+"\r\n")) {
+		t.Fatal("fixture changed")
+	}
+	for _, c := range []struct {
+		name, old, new string
+		ok             bool
+	}{
+		{"unchanged", data, data, true},
+		{"Delta Chat 2.62 data part", data, "Content-Type: application/octet-stream; charset=\"utf-8\"\r\nContent-Transfer-Encoding: 7bit", true},
+		{"charset", data, data + "; charset=\"utf-8\"", true},
+		{"unknown field", data, data + "\r\nX-Note: Buy cheap watches!", false},
+		{"free description", data, data + "\r\nContent-Description: Buy cheap watches!", false},
+		{"two descriptions", version, version + "\r\nContent-Description: OpenPGP encrypted message", false},
+		{"long file name", data, data + "\r\nContent-Disposition: attachment; filename=\"buy-cheap-watches-at-spam.example.asc\"", false},
+		{"prose file name", data, data + "\r\nContent-Disposition: attachment; filename=\"buy cheap\"", false},
+		{"other disposition param", data, data + "\r\nContent-Disposition: inline; size=12", false},
+		{"other type param", data, data + "; note=hello", false},
+		{"message id", data, data + "\r\nMessage-ID: <a@b>", false},
+		{"many fields", data, data + strings.Repeat("\r\nContent-Description: OpenPGP encrypted message", 20), false},
+	} {
+		b := bytes.Replace(body, []byte(c.old+"\r\n"), []byte(c.new+"\r\n"), 1)
+		res := judge(ct, cte, b, rand.New(rand.NewPCG(3, 4)))
+		if (res.Encrypted == nil) != c.ok {
+			t.Errorf("%s: got %v, want ok=%v", c.name, res.Encrypted, c.ok)
 		}
 	}
 }

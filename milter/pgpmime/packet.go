@@ -13,6 +13,19 @@ var (
 	ErrPacketVersion  = errors.New("pgpmime: unsupported packet version")
 	ErrPacketTrailing = errors.New("pgpmime: data after the SEIPD packet")
 	ErrTruncated      = errors.New("pgpmime: packet data ends early")
+	ErrESK            = errors.New("pgpmime: session key packet malformed or too large")
+	ErrESKCount       = errors.New("pgpmime: too many session key packets")
+)
+
+// Bounds on the session key packets, the only packets whose bodies are read
+// whole. The largest body RFC 9580 and the OpenPGP PQC draft allow is a v6
+// PKESK for ML-KEM-1024+X448 (about 1,660 bytes); MaxESKs is one per
+// recipient key of a group of about a thousand members, far beyond what
+// Delta Chat groups reach (large audiences use broadcast channels, which
+// encrypt to one shared secret: a single SKESK).
+const (
+	MaxESKSize = 2048
+	MaxESKs    = 1024
 )
 
 // OpenPGP packet tags (RFC 9580 5).
@@ -46,11 +59,16 @@ type walker struct {
 	nESK    int
 	gen     byte // 1: PKESK v3/SKESK v4 seen, 2: PKESK v6/SKESK v6 seen
 	err     error
+	esk     [MaxESKSize]byte // body of the current session key packet
+	eskN    int
 }
+
+// isESK reports whether the current packet is a session key packet.
+func (w *walker) isESK() bool { return w.tag == tagPKESK || w.tag == tagSKESK }
 
 // skippable is how many upcoming bytes the walker would only count.
 func (w *walker) skippable() int64 {
-	if w.st == wBody && !w.first && w.err == nil {
+	if w.st == wBody && !w.first && w.err == nil && !w.isESK() {
 		return w.remain
 	}
 	return 0
@@ -83,6 +101,9 @@ func (w *walker) feed(p []byte) error {
 			n := int64(len(p))
 			if n > w.remain {
 				n = w.remain
+			}
+			if w.isESK() {
+				w.eskN += copy(w.esk[w.eskN:], p[:n])
 			}
 			p = p[n:]
 			w.remain -= n
@@ -163,6 +184,13 @@ func (w *walker) begin(l int64, partial bool) {
 			w.err = ErrPacketHeader
 		}
 		w.nESK++
+		w.eskN = 0
+		switch {
+		case l > MaxESKSize:
+			w.err = ErrESK
+		case w.nESK > MaxESKs:
+			w.err = ErrESKCount
+		}
 	case tagSEIPD:
 		if w.nESK == 0 {
 			w.err = ErrPacketOrder
@@ -207,6 +235,9 @@ func (w *walker) endChunk() {
 	case w.tag == tagSEIPD:
 		w.st = wEnded
 	default:
+		if !validESK(w.tag, w.esk[:w.eskN]) {
+			w.err = ErrESK
+		}
 		w.st = wHeader
 	}
 }

@@ -24,9 +24,6 @@ func domainOf(addr string) string {
 	return d
 }
 
-// isLiteral reports whether domain is an address literal, [192.0.2.1].
-func isLiteral(domain string) bool { return strings.HasPrefix(domain, "[") }
-
 // headerAddress parses the value of a From field holding exactly one
 // mailbox and returns it normalized, or "" if it is anything else.
 func headerAddress(value string) string {

@@ -34,33 +34,36 @@
 // Decisions on cleartext that the existing relay left open:
 //
 //   - Legacy Secure-Join requests pass in both directions to anyone, only
-//     in the exact shape Delta Chat sends: a single Secure-Join field
+//     in the shape Delta Chat cores send them: a single Secure-Join field
 //     "vc-request" or "vg-request", a header section of at most
 //     maxSecureJoinHeader bytes, multipart/mixed with blank-only preamble
 //     and epilogue and one part whose header is only Content-Type
-//     text/plain (charset allowed) and optionally Content-Transfer-Encoding
-//     7bit, and whose body, trimmed and case-folded, is "secure-join: " and
-//     the same step as the field (pgpmime.Result.SoleText).
-//   - OpenPGP armor headers other than Version (Comment, Hash, ...) pass
-//     incoming only; Delta Chat writes none. Each value is at most
-//     pgpmime.MaxArmorHeaderValue bytes.
-//   - The Autocrypt Setup Message passes outgoing only, when every
-//     recipient is the authenticated sender, Subject is exactly "Autocrypt
-//     Setup Message", an Autocrypt-Setup-Message field says v1 (Autocrypt
-//     1.1 4.4) and the top level is multipart/mixed.
+//     text/plain (a short charset allowed), optionally
+//     Content-Transfer-Encoding 7bit and a Message-ID (cores before 2.x),
+//     and whose body, trimmed and case-folded, is "secure-join: " and the
+//     same step as the field (pgpmime.Result.SoleText). The header policy
+//     (headers.go) leaves only the allowlisted fields of it.
+//   - The armor's one Version header passes incoming only; Delta Chat
+//     writes none.
+//   - The Autocrypt Setup Message no longer passes: Delta Chat 2.x does not
+//     send it (a second device is set up by backup transfer), and what
+//     older cores sent could not be judged without decrypting.
 //   - Bounces pass incoming only: From mailer-daemon@ (any case), null
 //     envelope sender (RFC 5321 4.5.5: DSNs are sent with MAIL FROM:<>),
-//     Auto-Submitted present and not "no" (RFC 3834), and top-level
-//     multipart/report with report-type=delivery-status. An MDN from
-//     mailer-daemon is thus not a bounce.
+//     Auto-Submitted present and not "no" (RFC 3834), top-level
+//     multipart/report with report-type=delivery-status, and a body in the
+//     shape MTAs write (package bounce). Like all incoming mail they need
+//     an aligned DKIM signature.
 //   - Cleartext MDNs are rejected: Delta Chat sends them encrypted, and the
 //     relay dropped them on purpose (chatmail/relay #320).
-//   - The Subject is not rewritten; Delta Chat already sends "[...]".
-//   - A From with an address literal (user@[192.0.2.1]) cannot be DKIM
-//     signed, so incoming DKIM is not required for it, as in the relay.
+//   - The Subject is replaced by "[...]", what Delta Chat writes.
+//   - No incoming mail skips DKIM: a From with an address literal
+//     (user@[192.0.2.1]) cannot be aligned, so it is refused, bounces
+//     included (the relay let such mail through unsigned).
 package policy
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"net/textproto"
@@ -68,6 +71,7 @@ import (
 	"sync"
 	"time"
 
+	"chatmail.dev/milter/bounce"
 	"chatmail.dev/milter/dkimstream"
 	"chatmail.dev/milter/pgpmime"
 	"chatmail.dev/sidecar/config"
@@ -84,10 +88,6 @@ const maxSecureJoinHeader = 8 << 10
 
 // judges keeps judges, with their buffers, from one message to the next.
 var judges = sync.Pool{New: func() any { return pgpmime.NewJudge(nil, nil) }}
-
-// strip lists the fields removed from outgoing mail because they identify
-// the sender's device or network (cf. the relay's submission_header_cleanup).
-var strip = map[string]bool{"Received": true, "X-Originating-Ip": true, "User-Agent": true, "X-Mailer": true}
 
 // Direction says which rules apply.
 type Direction int
@@ -111,12 +111,12 @@ type Reason string
 const (
 	ReasonEncrypted     Reason = "encrypted"
 	ReasonSecureJoin    Reason = "securejoin"
-	ReasonSetupMessage  Reason = "setup_message"
 	ReasonBounce        Reason = "bounce"
 	ReasonNotChatmail   Reason = "not_chatmail"
 	ReasonCleartext     Reason = "cleartext"
 	ReasonBadFrom       Reason = "bad_from"
 	ReasonBadSender     Reason = "bad_sender"
+	ReasonBadHeader     Reason = "bad_header"
 	ReasonRateLimited   Reason = "rate_limited"
 	ReasonTooManyRcpts  Reason = "too_many_recipients"
 	ReasonDKIMUnsigned  Reason = "dkim_unsigned"
@@ -130,10 +130,11 @@ const (
 // Reasons lists the reasons of final verdicts on messages per direction,
 // for pre-creating metric series.
 var Reasons = map[Direction][]Reason{
-	Outgoing: {ReasonEncrypted, ReasonSecureJoin, ReasonSetupMessage, ReasonNotChatmail, ReasonCleartext,
-		ReasonBadFrom, ReasonHeaderSize, ReasonInternal},
+	Outgoing: {ReasonEncrypted, ReasonSecureJoin, ReasonNotChatmail, ReasonCleartext,
+		ReasonBadFrom, ReasonBadHeader, ReasonHeaderSize, ReasonInternal},
 	Incoming: {ReasonEncrypted, ReasonSecureJoin, ReasonBounce, ReasonNotChatmail, ReasonCleartext, ReasonBadFrom,
-		ReasonDKIMUnsigned, ReasonDKIMInvalid, ReasonDKIMUnaligned, ReasonDKIMTempFail, ReasonHeaderSize, ReasonInternal},
+		ReasonBadHeader, ReasonDKIMUnsigned, ReasonDKIMInvalid, ReasonDKIMUnaligned, ReasonDKIMTempFail,
+		ReasonHeaderSize, ReasonInternal},
 }
 
 // RcptReasons lists the reasons a recipient is refused at RCPT.
@@ -148,12 +149,10 @@ type Field struct {
 	// colon) as written; DKIM's simple canonicalization signs the exact
 	// bytes, so the header is rebuilt from them. Empty Raw means Name.
 	Raw, RawValue string
-}
-
-// HeaderRef names the Index-th (from 1) field called Name.
-type HeaderRef struct {
-	Name  string
-	Index int
+	// drop and repl are the header policy's decision: remove the field,
+	// or give it the value repl.
+	drop bool
+	repl string
 }
 
 // Verdict is a decision on a message or, at RCPT, on one recipient.
@@ -161,10 +160,10 @@ type Verdict struct {
 	Direction Direction
 	Reason    Reason
 	Reply     Reply
-	// Delete and Add are changes to make when the message is accepted;
-	// Delete is ordered so that applying it in order keeps indexes valid.
-	Delete []HeaderRef
-	Add    []Field
+	// Changes and Add are made when the message is accepted; Changes is
+	// ordered so that applying it in order keeps indexes valid.
+	Changes []HeaderChange
+	Add     []Field
 }
 
 // keyCacheTTL is how long a DKIM key found stays in use without a new
@@ -237,13 +236,13 @@ type Txn struct {
 
 	fields    []Field
 	hdrSize   int
-	counts    map[string]int // occurrences per canonical name
-	deletes   []HeaderRef
+	changes   []HeaderChange
 	scope     bool // the rules apply
 	from      string
 	dkimCount int
 
 	judge  *pgpmime.Judge
+	report *bounce.Judge // set for what may be a bounce
 	verify *dkimstream.Verifying
 	sign   *dkimstream.Signing
 	err    error // internal failure while streaming
@@ -252,7 +251,7 @@ type Txn struct {
 // Begin starts a transaction. auth is the SASL login ({auth_authen}), ""
 // for unauthenticated sessions; sender is the MAIL FROM address.
 func (e *Engine) Begin(auth, sender string) *Txn {
-	t := &Txn{e: e, auth: normalize(auth), sender: normalize(sender), counts: make(map[string]int)}
+	t := &Txn{e: e, auth: normalize(auth), sender: normalize(sender)}
 	if auth != "" {
 		t.dir = Outgoing
 		t.fromLocal = e.mail.Serves(domainOf(t.auth)) || e.mail.Serves(domainOf(t.sender))
@@ -326,7 +325,6 @@ func (t *Txn) Header(name, value string) {
 	if v != "" && (v[0] == ' ' || v[0] == '\t') {
 		v = v[1:]
 	}
-	t.counts[canon]++
 	t.fields = append(t.fields, Field{Name: canon, Value: v, Raw: name, RawValue: value})
 }
 
@@ -361,26 +359,30 @@ func (t *Txn) EndHeaders() *Verdict {
 	if t.dir == Incoming && t.from == "" {
 		return t.final(ReasonBadFrom, ReplyBadFrom)
 	}
+	if t.fromLocal && !t.sendersOK() {
+		t.log.Info("refused Sender or Reply-To", logging.User(t.auth))
+		return t.final(ReasonBadFrom, ReplyBadSenderField)
+	}
+	changes, ok := t.headerPolicy()
+	if !ok {
+		return t.final(ReasonBadHeader, ReplyBadHeader)
+	}
+	t.changes = changes
 	t.judge = judges.Get().(*pgpmime.Judge)
 	t.judge.Reset(t.values("Content-Type"), t.values("Content-Transfer-Encoding"))
+	if t.mayBeBounce() {
+		t.report = bounce.NewJudge()
+		t.report.Reset(t.values("Content-Type"), t.values("Content-Transfer-Encoding"))
+	}
 	t.dkimCount = len(t.values("Dkim-Signature"))
 
 	var w []func(p []byte) (int, error)
 	if t.fromLocal {
 		names := make([]string, 0, len(t.fields))
-		seen := make(map[string]int)
 		for _, f := range t.fields {
-			seen[f.Name]++
-			if strip[f.Name] {
-				t.deletes = append(t.deletes, HeaderRef{f.Name, seen[f.Name]})
-				continue
+			if !f.drop {
+				names = append(names, f.Name)
 			}
-			names = append(names, f.Name)
-		}
-		// Delete the last occurrences first: removing one never shifts
-		// the index of an earlier one, whichever way the MTA counts.
-		for i, j := 0, len(t.deletes)-1; i < j; i, j = i+1, j-1 {
-			t.deletes[i], t.deletes[j] = t.deletes[j], t.deletes[i]
 		}
 		if key := t.e.keys[domainOf(t.from)]; key != nil {
 			s, err := dkimstream.Sign(key, names)
@@ -391,7 +393,7 @@ func (t *Txn) EndHeaders() *Verdict {
 				w = append(w, s.Write)
 			}
 		}
-	} else if t.dir == Incoming && t.e.lookup != nil && t.dkimCount > 0 && !isLiteral(domainOf(t.from)) && t.candidate() {
+	} else if t.dir == Incoming && t.e.lookup != nil && t.dkimCount > 0 && t.candidate() {
 		t.verify = dkimstream.Verify(t.e.lookup)
 		w = append(w, t.verify.Write)
 	}
@@ -417,9 +419,6 @@ func (t *Txn) rules(mt string) []Reason {
 	case "multipart/encrypted":
 		return []Reason{ReasonEncrypted}
 	case "multipart/mixed":
-		if t.fromLocal {
-			return []Reason{ReasonSecureJoin, ReasonSetupMessage}
-		}
 		return []Reason{ReasonSecureJoin}
 	case "multipart/report":
 		if t.dir == Incoming {
@@ -430,18 +429,24 @@ func (t *Txn) rules(mt string) []Reason {
 }
 
 // writeHeader writes the header section as the fields were received;
-// with stripped set, without the fields that are going to be removed.
-func writeHeader(write func([]byte) (int, error), fields []Field, stripped bool) error {
+// with changed set, as the header policy leaves it.
+func writeHeader(write func([]byte) (int, error), fields []Field, changed bool) error {
 	var b strings.Builder
 	for _, f := range fields {
-		if stripped && strip[f.Name] {
+		switch {
+		case changed && f.drop:
 			continue
-		}
-		if f.Raw != "" {
+		case changed && f.repl != "":
+			// As the MTA writes a changed field: the name as given, the
+			// value after one space.
+			b.WriteString(cmp.Or(f.Raw, f.Name))
+			b.WriteString(": ")
+			b.WriteString(f.repl)
+		case f.Raw != "":
 			b.WriteString(f.Raw)
 			b.WriteString(":")
 			b.WriteString(lf2crlf(f.RawValue))
-		} else {
+		default:
 			b.WriteString(f.Name)
 			b.WriteString(": ")
 			b.WriteString(lf2crlf(f.Value))
@@ -465,6 +470,9 @@ func (t *Txn) Body(chunk []byte) {
 		return
 	}
 	t.judge.Write(chunk)
+	if t.report != nil {
+		t.report.Write(chunk)
+	}
 	if t.sign != nil {
 		if _, err := t.sign.Write(chunk); err != nil && t.err == nil {
 			t.err = err
@@ -509,14 +517,16 @@ func (t *Txn) End(ctx context.Context) *Verdict {
 	} else {
 		t.log.Info("cleartext exception", "reason", reason, logging.Addr(t.from))
 	}
-	if t.dir == Incoming && !isLiteral(domainOf(t.from)) && t.e.lookup != nil {
+	// No sender skips DKIM, bounces and address literals included: a
+	// literal From can have no aligned signature, so it is refused.
+	if t.dir == Incoming && t.e.lookup != nil {
 		if v := t.checkDKIM(ctx); v != nil {
 			return v
 		}
 	}
 	v := t.final(reason, ReplyAccepted)
+	v.Changes = t.changes
 	if t.fromLocal {
-		v.Delete = t.deletes
 		if t.sign != nil {
 			sig, err := t.sign.Finish()
 			t.sign = nil
@@ -544,13 +554,11 @@ func (t *Txn) classify(res pgpmime.Result) (Reason, bool) {
 		var ok bool
 		switch r {
 		case ReasonEncrypted:
-			ok = res.Encrypted == nil && (t.dir == Incoming || res.ExtraArmorHeaders == 0)
+			ok = res.Encrypted == nil && (t.dir == Incoming || res.ArmorHeaders == 0)
 		case ReasonSecureJoin:
 			ok = t.secureJoin(res)
-		case ReasonSetupMessage:
-			ok = t.setupMessage()
 		case ReasonBounce:
-			ok = t.bounce(res)
+			ok = t.bounce()
 		}
 		if ok {
 			return r, true
@@ -567,25 +575,13 @@ func (t *Txn) secureJoin(res pgpmime.Result) bool {
 	return strings.ToLower(res.SoleText) == "secure-join: "+sj[0]
 }
 
-func (t *Txn) setupMessage() bool {
-	subj, asm := t.values("Subject"), t.values("Autocrypt-Setup-Message")
-	if len(subj) != 1 || subj[0] != "Autocrypt Setup Message" || len(asm) != 1 || strings.TrimSpace(asm[0]) != "v1" {
-		return false
-	}
-	if len(t.rcpts) == 0 {
-		return false
-	}
-	for _, r := range t.rcpts {
-		if !sameAddress(r, t.auth) {
-			return false
-		}
-	}
-	return true
-}
-
-func (t *Txn) bounce(res pgpmime.Result) bool {
+// mayBeBounce reports whether the envelope and header are those of a
+// bounce: incoming, null envelope sender (RFC 5321 4.5.5), From
+// mailer-daemon@, Auto-Submitted present and not "no" (RFC 3834), and a
+// delivery report (RFC 3464) at the top level. The body decides.
+func (t *Txn) mayBeBounce() bool {
 	local, _, _ := strings.Cut(t.from, "@")
-	if !strings.EqualFold(local, "mailer-daemon") || t.sender != "" {
+	if t.dir != Incoming || !strings.EqualFold(local, "mailer-daemon") || t.sender != "" {
 		return false
 	}
 	as := t.values("Auto-Submitted")
@@ -597,7 +593,22 @@ func (t *Txn) bounce(res pgpmime.Result) bool {
 	if kw == "" || kw == "no" {
 		return false
 	}
-	return strings.EqualFold(res.Params["report-type"], "delivery-status")
+	return t.judge.MediaType() == "multipart/report" &&
+		strings.EqualFold(t.judge.Params()["report-type"], "delivery-status")
+}
+
+// bounce reports whether the message is a bounce in a shape real MTAs
+// send (package bounce): a short notice, a delivery report and at most the
+// returned header or encrypted message.
+func (t *Txn) bounce() bool {
+	if t.report == nil {
+		return false
+	}
+	err := t.report.Close()
+	if err != nil {
+		t.log.Info("not a bounce", "why", err)
+	}
+	return err == nil
 }
 
 // checkDKIM requires an aligned valid signature; nil means it passed.

@@ -35,6 +35,8 @@ var (
 	ReplyCleartext      = Reply{523, "5.7.1", "Encryption Needed: Invalid Unencrypted Mail"}
 	ReplyBadFrom        = Reply{554, "5.7.1", "From header must be exactly the authenticated sender address"}
 	ReplyBadSender      = Reply{553, "5.7.1", "Envelope sender must be the authenticated user"}
+	ReplyBadSenderField = Reply{554, "5.7.1", "Sender, Reply-To and Resent- fields must name the authenticated sender or be absent"}
+	ReplyBadHeader      = Reply{554, "5.6.0", "Malformed header field name"}
 	ReplyTooManyRcpts   = Reply{452, "4.5.3", "Too many recipients"}
 	ReplyUnsigned       = Reply{554, "5.7.1", "No DKIM signature found"}
 	ReplyInvalidSig     = Reply{554, "5.7.1", "No valid DKIM signature found: signature does not verify"}

@@ -324,9 +324,14 @@ func (b *backend) final(v *policy.Verdict, m *milter.Modifier) (milter.Response,
 }
 
 func apply(v *policy.Verdict, m *milter.Modifier) error {
-	for _, d := range v.Delete {
-		// An empty value deletes the field (SMFIR_CHGHEADER).
-		if err := m.ChangeHeader(d.Index, d.Name, ""); err != nil {
+	for _, c := range v.Changes {
+		// An empty value deletes the field (SMFIR_CHGHEADER); with
+		// SMFIP_HDR_LEADSPC, Postfix writes any other as is after the colon.
+		value := c.Value
+		if value != "" {
+			value = " " + value
+		}
+		if err := m.ChangeHeader(c.Index, c.Name, value); err != nil {
 			return err
 		}
 	}

@@ -131,8 +131,12 @@ func check(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 	}
 	if *verbose {
-		for _, d := range v.Delete {
-			fmt.Fprintf(stderr, "delete header %s[%d]\n", d.Name, d.Index)
+		for _, c := range v.Changes {
+			if c.Value == "" {
+				fmt.Fprintf(stderr, "delete header %s[%d]\n", c.Name, c.Index)
+			} else {
+				fmt.Fprintf(stderr, "change header %s[%d]: %s\n", c.Name, c.Index, c.Value)
+			}
 		}
 		for _, f := range v.Add {
 			fmt.Fprintf(stderr, "add header %s: %s\n", f.Name, f.Value)

@@ -25,8 +25,20 @@ func TestCheck(t *testing.T) {
 		{"enc-v6.eml", []string{"--direction", "out", "--from", "mallory@chat.example", "--rcpt", "bob@chat.example"}, 1, "554 "},
 		{"enc-v6.eml", []string{"--direction", "sideways", "--rcpt", "bob@chat.example"}, 2, ""},
 		{"enc-v6.eml", []string{"--direction", "in", "--from", "alice@chat.example"}, 2, ""},
+		// What the milter answers for a header section over its limit.
+		{"huge-header", []string{"--direction", "out", "--from", "alice@chat.example", "--rcpt", "bob@chat.example"}, 1, "552 5.3.4 "},
+		{"huge-field", []string{"--direction", "in", "--no-dkim", "--from", "alice@chat.example", "--rcpt", "bob@chat.example"}, 1, "552 5.3.4 "},
 	} {
-		msg, err := os.ReadFile(filepath.Join("..", "..", "testdata", c.fixture))
+		var msg []byte
+		var err error
+		switch c.fixture {
+		case "huge-header":
+			msg = []byte(strings.Repeat("X-Filler: "+strings.Repeat("x", 990)+"\r\n", 400) + "\r\nbody\r\n")
+		case "huge-field":
+			msg = []byte("Subject: x" + strings.Repeat("\r\n "+strings.Repeat("x", 990), 400) + "\r\n\r\nbody\r\n")
+		default:
+			msg, err = os.ReadFile(filepath.Join("..", "..", "testdata", c.fixture))
+		}
 		if err != nil {
 			t.Fatal(err)
 		}

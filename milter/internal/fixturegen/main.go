@@ -347,7 +347,8 @@ func fixtures() (map[string][]byte, error) {
 		"enc-legacy-header.eml":  pgpMIME(armor(join(legacy(v4[0]), legacy(v4[1]), definite(v4[2])), armorOpt{})),
 		"enc-no-checksum.eml":    pgpMIME(armor(p.v6, armorOpt{crc: "none"})),
 		"enc-wrong-checksum.eml": pgpMIME(armor(p.v6, armorOpt{crc: "=AAAA"})),
-		"enc-armor-headers.eml":  pgpMIME(armor(p.v4, armorOpt{headers: []string{"Version: ProtonMail", "Comment: https://gopenpgp.org"}})),
+		"enc-armor-headers.eml":  pgpMIME(armor(p.v4, armorOpt{headers: []string{"Version: ProtonMail"}})),
+		"neg-armor-comment.eml":  pgpMIME(armor(p.v4, armorOpt{headers: []string{"Version: ProtonMail", "Comment: https://gopenpgp.org"}})),
 		"enc-preamble.eml": header(alice, bob, "", encType) +
 			"This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n" +
 			versionPart + dataPart(armor(p.v4, armorOpt{})) + closeDelim,

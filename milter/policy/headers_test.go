@@ -1,0 +1,159 @@
+package policy
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// applyChanges edits a raw message's header as Postfix applies a milter's
+// SMFIR_CHGHEADER replies (the Index-th field of that name, counted case
+// insensitively; an empty value deletes it) and then adds the new fields
+// at the end of the header.
+func applyChanges(t testing.TB, msg []byte, v *Verdict) []byte {
+	t.Helper()
+	msg = bytes.ReplaceAll(msg, []byte("\r\n"), []byte("\n"))
+	head, body, _ := bytes.Cut(msg, []byte("\n\n"))
+	var fields []string
+	for _, l := range strings.Split(string(head), "\n") {
+		if (strings.HasPrefix(l, " ") || strings.HasPrefix(l, "\t")) && len(fields) > 0 {
+			fields[len(fields)-1] += "\n" + l
+			continue
+		}
+		fields = append(fields, l)
+	}
+	for _, c := range v.Changes {
+		n := 0
+		for i, f := range fields {
+			name, _, _ := strings.Cut(f, ":")
+			if !strings.EqualFold(name, c.Name) {
+				continue
+			}
+			if n++; n != c.Index {
+				continue
+			}
+			if c.Value == "" {
+				fields = append(fields[:i], fields[i+1:]...)
+			} else {
+				fields[i] = name + ": " + c.Value
+			}
+			break
+		}
+		if n < c.Index {
+			t.Fatalf("change %+v names no field", c)
+		}
+	}
+	for _, f := range v.Add {
+		fields = append(fields, f.Name+": "+f.Value)
+	}
+	return []byte(strings.Join(fields, "\n") + "\n\n" + string(body))
+}
+
+// spammyHeader is a header section full of readable text in every place an
+// encrypted message offered it before the header policy.
+func spammyHeader(from string) string {
+	spam := "Buy cheap watches at spam.example! "
+	long := strings.Repeat(spam, 200) // 7 KB
+	return "From: \"" + spam + "\" <" + from + ">\r\n" +
+		"To: \"" + spam + "\" <bob@chat.example>, =?utf-8?q?Buy_cheap_watches?= <carol@other.example>\r\n" +
+		"Cc: Spam group: <dave@other.example>;\r\n" +
+		"Subject: " + long + "\r\n" +
+		"Subject: second subject " + spam + "\r\n" +
+		"Date: Thu, 26 Nov 2026 12:01:03 +0000 (" + spam + ")\r\n" +
+		"Message-ID: <fixture-multipar@localhost>\r\n" +
+		"Message-ID: <second@localhost>\r\n" +
+		"In-Reply-To: <" + strings.Repeat("buy.cheap.watches", 10) + "@spam.example>\r\n" +
+		"References: " + strings.Repeat("<a@b> ", 20) + "\r\n" +
+		"X-Spam: " + long + "\r\n" +
+		"Comments: " + spam + "\r\n" +
+		"Keywords: " + spam + "\r\n" +
+		"Reply-To: <" + from + ">\r\n" +
+		"Chat-Version: 1.0 " + spam + "\r\n" +
+		"Chat-Group-Name: " + spam + "\r\n" +
+		"Secure-Join: " + spam + "\r\n" +
+		"Secure-Join-Invitenumber: " + spam + "\r\n" +
+		"Autocrypt: addr=" + from + "; keydata=" + strings.Repeat("QnV5IGNoZWFw", 10) + "\r\n" +
+		"MIME-Version: 1.0 (" + spam + ")\r\n"
+}
+
+// TestHeaderPolicy checks that readable text in the header of an
+// encrypted message is removed in both directions, and that what Delta
+// Chat writes is left alone.
+func TestHeaderPolicy(t *testing.T) {
+	e := testEngine(t, nil)
+	enc := fixture(t, "enc-v4.eml")
+	_, encBody, _ := bytes.Cut(enc, []byte("\r\n\r\n"))
+	ct := "Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"AsXr7bq0ZVm2Lw9c\"; " +
+		"note=\"Buy cheap watches at spam.example\"\r\n"
+	for _, env := range []envelope{{alice, alice, []string{carol}}, {"", carol, []string{bob}}} {
+		from := env.from
+		msg := []byte(spammyHeader(from) + ct + "\r\n" + string(encBody))
+		v := run(t, e, env, msg)
+		if !v.Reply.Accepted() || v.Reason != ReasonEncrypted {
+			t.Fatalf("%+v: got %+v", env, v)
+		}
+		out := applyChanges(t, msg, v)
+		head, _, _ := bytes.Cut(out, []byte("\n\n"))
+		head = append(head, '\n')
+		if bytes.Contains(bytes.ToLower(head), []byte("cheap")) || bytes.Contains(head, []byte("Buy")) {
+			t.Fatalf("%+v: readable text left:\n%s", env, head)
+		}
+		for _, want := range []string{"From: <" + from + ">", "Subject: [...]", "To: <bob@chat.example>, <carol@other.example>",
+			"Cc: <dave@other.example>", "Date: Thu, 26 Nov 2026 12:01:03 +0000", "Message-ID: <fixture-multipar@localhost>",
+			"Chat-Version: 1.0", "MIME-Version: 1.0",
+			`Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="AsXr7bq0ZVm2Lw9c"`} {
+			if !bytes.Contains(head, []byte(want+"\n")) {
+				t.Errorf("%+v: no %q in\n%s", env, want, head)
+			}
+		}
+		for _, gone := range []string{"In-Reply-To", "References", "X-Spam", "Reply-To", "Autocrypt", "Secure-Join", "Comments"} {
+			if bytes.Contains(head, []byte(gone+":")) {
+				t.Errorf("%+v: %s kept", env, gone)
+			}
+		}
+		for _, once := range []string{"Subject:", "Message-ID:"} {
+			if n := bytes.Count(head, []byte(once)); n != 1 {
+				t.Errorf("%+v: %d %s fields", env, n, once)
+			}
+		}
+	}
+	// A Delta Chat message is left as it is.
+	for _, name := range []string{"enc-dc-2.62-text.eml", "enc-dc-2.62-text2.eml"} {
+		if v := run(t, e, envelope{"", alice, []string{bob}}, fixture(t, name)); !v.Reply.Accepted() || len(v.Changes) != 0 {
+			t.Errorf("%s: %+v", name, v)
+		}
+	}
+}
+
+// TestSenderFields checks that outgoing Sender, Reply-To and Resent-From
+// name the authenticated user or refuse the message.
+func TestSenderFields(t *testing.T) {
+	e := testEngine(t, nil)
+	enc := string(fixture(t, "enc-v4.eml"))
+	for _, c := range []struct {
+		field string
+		ok    bool
+	}{
+		{"Sender: <alice@chat.example>", true},
+		{"Reply-To: Alice <ALICE@chat.example>", true},
+		{"Sender: <bob@chat.example>", false},
+		{"Reply-To: <carol@other.example>", false},
+		{"Reply-To: <alice@chat.example>, <carol@other.example>", false},
+		{"Resent-From: <carol@other.example>", false},
+		{"Resent-Sender: <carol@other.example>", false},
+		{"Reply-To: not an address", false},
+	} {
+		msg := []byte(c.field + "\r\n" + enc)
+		v := run(t, e, envelope{alice, alice, []string{carol}}, msg)
+		if v.Reply.Accepted() != c.ok {
+			t.Errorf("%s: got %+v", c.field, v)
+		}
+		if c.ok && !bytes.Contains(applyChanges(t, msg, v), []byte("\n\n")) {
+			t.Errorf("%s: broken message", c.field)
+		}
+		// Incoming, the same fields are just removed.
+		if v := run(t, e, envelope{"", carol, []string{bob}}, []byte(c.field+"\r\n"+strings.Replace(enc, "alice@chat.example", "carol@other.example", 1))); !v.Reply.Accepted() {
+			t.Errorf("incoming %s: got %+v", c.field, v)
+		}
+	}
+}
