@@ -75,7 +75,7 @@ func TestPGPOnlyHeaders(t *testing.T) {
 	}
 	noSpamStored(t, s, bob, 2)
 	for _, m := range maildirFiles(t, s, bob) {
-		if !strings.Contains(m, "\nSubject: [...]\r\n") {
+		if !strings.Contains(strings.ReplaceAll(m, "\r\n", "\n"), "\nSubject: [...]\n") {
 			t.Errorf("Subject not the placeholder:\n%.1500s", m)
 		}
 	}

@@ -34,9 +34,12 @@ const (
 	aHeaders
 	aData
 	aChecksum // checksum line seen; END must follow
-	aTrailer  // END seen; one blank line may follow
-	aDone     // END and the blank line seen; nothing may follow
+	aTrailer  // END seen; up to maxTrailer blank lines may follow
 )
+
+// maxTrailer is how many blank lines may follow the END line: Delta Chat
+// 2.62 writes one before the delimiter, older cores two.
+const maxTrailer = 2
 
 const (
 	b64Invalid = 0xff
@@ -62,6 +65,7 @@ var b64 = func() (t [256]byte) {
 type armor struct {
 	st      armorState
 	headers int     // Version headers
+	trailer int     // blank lines after END
 	q       [4]byte // pending base64 quantum
 	qn      int
 	padded  bool // base64 padding seen: no more data
@@ -70,7 +74,7 @@ type armor struct {
 }
 
 func (a *armor) reset() {
-	a.st, a.headers, a.qn, a.padded = aBegin, 0, 0, false
+	a.st, a.headers, a.trailer, a.qn, a.padded = aBegin, 0, 0, 0, false
 	a.w = walker{}
 }
 
@@ -107,12 +111,9 @@ func (a *armor) line(l []byte) error {
 		}
 		a.st = aTrailer
 	case aTrailer:
-		if len(l) != 0 {
+		if a.trailer++; len(l) != 0 || a.trailer > maxTrailer {
 			return ErrArmorTrailer
 		}
-		a.st = aDone
-	case aDone:
-		return ErrArmorTrailer
 	}
 	return nil
 }
@@ -221,7 +222,7 @@ func (a *armor) endData() error {
 
 // finish is called at the end of the part.
 func (a *armor) finish() error {
-	if a.st != aTrailer && a.st != aDone {
+	if a.st != aTrailer {
 		return ErrArmorEnd
 	}
 	return nil

@@ -45,8 +45,8 @@
 //     others are refused: free text nobody needs.
 //   - armor lines ending in spaces or tabs are refused (RFC 9580 tells
 //     readers to ignore them, so they could only carry a covert channel),
-//     and after the END line at most one blank line may follow, the one
-//     Delta Chat writes before the delimiter.
+//     and after the END line at most two blank lines may follow (Delta
+//     Chat 2.62 writes one before the delimiter, older cores two).
 //   - session key packets: each PKESK and SKESK body is read whole (at most
 //     MaxESKSize bytes) and every field must have the size its version and
 //     algorithm give it, with no byte to spare; at most MaxESKs of them.

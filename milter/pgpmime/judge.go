@@ -357,11 +357,12 @@ func (j *Judge) beginPart() {
 	}
 	if j.mode == modeMixed {
 		// Only the legacy Secure-Join shape is of interest here: what
-		// Delta Chat writes on its one text part, older cores a Message-ID
-		// too.
+		// Delta Chat cores write on its one text part (before 2.x also a
+		// Message-ID, before 1.152 quoted-printable and format=flowed).
 		j.partOK = mt == "text/plain" && !f.other && len(f.desc) == 0 && len(f.disp) == 0 &&
-			onlyParams(params, "charset") && optToken(params, "charset", 16) &&
-			(len(f.cte) == 0 || len(f.cte) == 1 && strings.EqualFold(f.cte[0], "7bit")) &&
+			onlyParams(params, "charset", "format", "delsp") && optToken(params, "charset", 16) &&
+			oneOf(params, "format", "flowed", "fixed") && oneOf(params, "delsp", "yes", "no") &&
+			(len(f.cte) == 0 || len(f.cte) == 1 && soleTextEncoding(f.cte[0])) &&
 			(len(f.msgID) == 0 || len(f.msgID) == 1 && validMsgID(f.msgID[0]))
 		if !j.partOK {
 			j.done = true // cannot be a sole text part; nothing else to learn
@@ -380,6 +381,14 @@ func (j *Judge) beginPart() {
 	if !j.partOK {
 		j.fail(fail)
 	}
+}
+
+// soleTextEncoding reports whether a Secure-Join text part's transfer
+// encoding is one cores write: 7bit, or quoted-printable (before 1.152).
+// The body is compared undecoded, so quoted-printable that encodes
+// anything gives a body that does not match.
+func soleTextEncoding(cte string) bool {
+	return strings.EqualFold(cte, "7bit") || strings.EqualFold(cte, "quoted-printable")
 }
 
 // encryptedPartHeader reports whether a part header of an encrypted
@@ -414,6 +423,21 @@ func onlyParams(params map[string]string, names ...string) bool {
 		}
 	}
 	return n == len(params)
+}
+
+// oneOf reports whether params has no parameter name or one of values
+// (case-insensitively).
+func oneOf(params map[string]string, name string, values ...string) bool {
+	v, ok := params[name]
+	if !ok {
+		return true
+	}
+	for _, want := range values {
+		if strings.EqualFold(v, want) {
+			return true
+		}
+	}
+	return false
 }
 
 // optToken reports whether params has no parameter name or a Token of at

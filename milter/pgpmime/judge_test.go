@@ -176,6 +176,9 @@ func TestArmorEdges(t *testing.T) {
 		}), false},
 		{"two blank lines after END", edit(func(ls []string) []string {
 			return append(ls[:end+1], append([]string{""}, ls[end+1:]...)...)
+		}), true},
+		{"three blank lines after END", edit(func(ls []string) []string {
+			return append(ls[:end+1], append([]string{"", ""}, ls[end+1:]...)...)
 		}), false},
 		{"no blank line after END", edit(func(ls []string) []string {
 			return append(ls[:end+1], ls[end+2:]...)
@@ -311,6 +314,9 @@ func TestDelimiters(t *testing.T) {
 		{"sole text epilogue", sj, "--b\r\nContent-Type: text/plain\r\n\r\nSecure-Join: vc-request\r\n--b--\r\nhi\r\n", false},
 		{"sole text no content type", sj, "--b\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
 		{"sole text name param", sj, "--b\r\nContent-Type: text/plain; name=x\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
+		{"sole text quoted-printable", sj, "--b\r\nContent-Transfer-Encoding: quoted-printable\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSecure-Join: vc-request\r\n\r\n--b--\r\n", true},
+		{"sole text flowed", sj, "--b\r\nContent-Type: text/plain; charset=utf-8; format=flowed; delsp=no\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", true},
+		{"sole text format prose", sj, "--b\r\nContent-Type: text/plain; charset=utf-8; format=buy-watches\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
 		{"sole text 8bit", sj, "--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: 8bit\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
 		{"sole text disposition", sj, "--b\r\nContent-Type: text/plain\r\nContent-Disposition: inline\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", false},
 		{"sole text message id", sj, "--b\r\nContent-Type: text/plain; charset=\"utf-8\"\r\nMessage-ID: <Mr.abc.def@chat.example>\r\nContent-Transfer-Encoding: 7bit\r\n\r\nSecure-Join: vc-request\r\n--b--\r\n", true},
