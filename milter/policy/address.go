@@ -25,13 +25,33 @@ func domainOf(addr string) string {
 }
 
 // headerAddress parses the value of a From field holding exactly one
-// mailbox and returns it normalized, or "" if it is anything else.
+// mailbox and returns it normalized, or "" if it is anything else or not
+// a boundedAddress: the From address is written back into the header, so
+// it must carry no more text than any other address.
 func headerAddress(value string) string {
-	list, err := mail.ParseAddressList(value)
+	list, err := mail.ParseAddressList(unfold(value))
 	if err != nil || len(list) != 1 {
 		return ""
 	}
-	return normalize(list[0].Address)
+	if a := normalize(list[0].Address); boundedAddress(a) {
+		return a
+	}
+	return ""
+}
+
+// Bounds of an address that the policy lets into a header or envelope.
+const (
+	maxLocalPart = 64  // RFC 5321 4.5.3.1.1
+	maxDomain    = 253 // longest domain name in DNS
+)
+
+// boundedAddress reports whether a normalized address is a plainAddress
+// with a local part and a domain no longer than any real one: quoted
+// local parts ("any words here"@x) and endless subdomains are text, not
+// addresses.
+func boundedAddress(addr string) bool {
+	local, domain, _ := strings.Cut(addr, "@")
+	return plainAddress(addr) && len(local) <= maxLocalPart && len(domain) <= maxDomain
 }
 
 // sameAddress reports whether two normalized addresses are the same

@@ -3,8 +3,11 @@ package policy
 import (
 	"bytes"
 	"encoding/base64"
+	"errors"
+	"io"
 	"strings"
 
+	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 )
 
@@ -38,7 +41,7 @@ func autocrypt(t *Txn, v string) (string, bool) {
 			return "", false
 		}
 	}
-	if !sameAddress(addr, t.from) || !publicKey(keydata) {
+	if !sameAddress(addr, t.from) || !publicKey(keydata, t.from) {
 		return "", false
 	}
 	if !extra {
@@ -52,14 +55,35 @@ func autocrypt(t *Txn, v string) (string, bool) {
 }
 
 // publicKey reports whether b64 is the base64 of one transferable OpenPGP
-// public key (RFC 9580 10.1) of at most MaxAutocryptKey bytes.
-func publicKey(b64 string) bool {
+// public key (RFC 9580 10.1) of at most MaxAutocryptKey bytes, made of key,
+// subkey, signature and user ID packets only, every user ID "<addr>" as
+// Delta Chat writes it: no photo, no name, no other text.
+func publicKey(b64, addr string) bool {
 	if base64.StdEncoding.DecodedLen(len(b64)) > MaxAutocryptKey+2 {
 		return false
 	}
 	raw, err := base64.StdEncoding.DecodeString(b64)
 	if err != nil || len(raw) == 0 || len(raw) > MaxAutocryptKey {
 		return false
+	}
+	r := packet.NewReader(bytes.NewReader(raw))
+	for {
+		p, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return false
+		}
+		switch p := p.(type) {
+		case *packet.PublicKey, *packet.Signature:
+		case *packet.UserId:
+			if !strings.EqualFold(p.Id, "<"+addr+">") {
+				return false
+			}
+		default:
+			return false
+		}
 	}
 	keys, err := openpgp.ReadKeyRing(bytes.NewReader(raw))
 	if err != nil || len(keys) != 1 || keys[0].PrivateKey != nil {

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"chatmail.dev/milter/bounce"
 	"chatmail.dev/milter/pgpmime"
 )
 
@@ -38,11 +39,6 @@ const (
 	// Ed25519 keys are about 600 bytes, RSA-4096 keys with a few
 	// signatures about 3,000, keys with ML-KEM subkeys about 2,000.
 	MaxAutocryptKey = 8 << 10
-	// maxLocalPart is the longest local part of an address kept (RFC
-	// 5321 4.5.3.1.1).
-	maxLocalPart = 64
-	// maxDomain is the longest domain of an address kept.
-	maxDomain = 253
 )
 
 // hiddenRecipients is what Delta Chat writes in To when it hides them.
@@ -132,7 +128,7 @@ func (t *Txn) headerPolicy() ([]HeaderChange, bool) {
 		case !keep:
 			f.drop = true
 			deletes = append(deletes, HeaderChange{Name: name, Index: seen[f.Name]})
-		case v != strings.TrimSpace(unfold(f.Value)):
+		case !sameWords(v, unfold(f.Value)):
 			f.repl = v
 			changes = append(changes, HeaderChange{Name: name, Index: seen[f.Name], Value: v})
 		}
@@ -148,7 +144,7 @@ func (t *Txn) headerPolicy() ([]HeaderChange, bool) {
 func (t *Txn) sendersOK() bool {
 	for _, name := range senderFields {
 		for _, v := range t.values(name) {
-			list, err := mail.ParseAddressList(v)
+			list, err := mail.ParseAddressList(unfold(v))
 			if err != nil || len(list) == 0 {
 				return false
 			}
@@ -170,6 +166,12 @@ func unfold(v string) string {
 	return strings.NewReplacer("\r\n", "", "\n", "", "\r", "").Replace(v)
 }
 
+// sameWords reports whether a and b differ in white space at most: a
+// value refolded is not worth a change.
+func sameWords(a, b string) bool {
+	return strings.Join(strings.Fields(a), " ") == strings.Join(strings.Fields(b), " ")
+}
+
 func fixed(want string) fieldRule {
 	return func(*Txn, string) (string, bool) { return want, true }
 }
@@ -185,8 +187,7 @@ func addressList(_ *Txn, v string) (string, bool) {
 	var b strings.Builder
 	for _, a := range list {
 		addr := normalize(a.Address)
-		local, domain, _ := strings.Cut(addr, "@")
-		if !plainAddress(addr) || len(local) > maxLocalPart || len(domain) > maxDomain {
+		if !boundedAddress(addr) {
 			return hiddenRecipients, true
 		}
 		if b.Len() > 0 {
@@ -278,13 +279,16 @@ func onlyParams(params map[string]string, names []string) bool {
 // TestReadableBudget on the largest message of each accepted shape.
 const (
 	// HeaderBudget is what the header policy lets through: addresses in
-	// From, To and Cc, msg-ids, Secure-Join tokens, fixed values.
-	HeaderBudget = 6656
+	// From, To and Cc, msg-ids, Secure-Join tokens, fixed values; and 512
+	// bytes for the Return-Path line the delivery agent adds from the
+	// envelope sender (a boundedAddress).
+	HeaderBudget = 7 << 10
 	// EncryptedBudget adds the MIME preamble and epilogue, the two part
 	// headers and the armor's Version header.
 	EncryptedBudget = HeaderBudget + 1536
 	// SecureJoinBudget adds the one text part of a legacy request.
 	SecureJoinBudget = HeaderBudget + 512
-	// BounceBudget adds a delivery report (package bounce).
-	BounceBudget = HeaderBudget + 16<<10
+	// BounceBudget adds a delivery report (package bounce) and what a
+	// returned encrypted message carries beside its ciphertext.
+	BounceBudget = EncryptedBudget + bounce.MaxReadable
 )

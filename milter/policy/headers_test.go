@@ -142,6 +142,7 @@ func TestSenderFields(t *testing.T) {
 		{"Resent-From: <carol@other.example>", false},
 		{"Resent-Sender: <carol@other.example>", false},
 		{"Reply-To: not an address", false},
+		{"Reply-To: =?utf-8?q?Alice_with_a_rather_long_display_name?=\r\n <alice@chat.example>", true},
 	} {
 		msg := []byte(c.field + "\r\n" + enc)
 		v := run(t, e, envelope{alice, alice, []string{carol}}, msg)
@@ -154,6 +155,21 @@ func TestSenderFields(t *testing.T) {
 		// Incoming, the same fields are just removed.
 		if v := run(t, e, envelope{"", carol, []string{bob}}, []byte(c.field+"\r\n"+strings.Replace(enc, "alice@chat.example", "carol@other.example", 1))); !v.Reply.Accepted() {
 			t.Errorf("incoming %s: got %+v", c.field, v)
+		}
+	}
+}
+
+// TestFoldedFrom checks that a From field folded by the client is read
+// unfolded, in both directions.
+func TestFoldedFrom(t *testing.T) {
+	e := testEngine(t, nil)
+	enc := string(fixture(t, "enc-v4.eml"))
+	folded := "From: =?utf-8?q?Alice_Wonderland_with_a_pretty_long_display_name?=\r\n <alice@chat.example>"
+	msg := []byte(strings.Replace(enc, "From: <alice@chat.example>", folded, 1))
+	for _, env := range []envelope{{alice, alice, []string{carol}}, {"", alice, []string{bob}}} {
+		v := run(t, e, env, msg)
+		if !v.Reply.Accepted() || !bytes.HasPrefix(applyChanges(t, msg, v), []byte("From: <alice@chat.example>\n")) {
+			t.Errorf("%+v: got %+v", env, v)
 		}
 	}
 }

@@ -83,8 +83,10 @@ import (
 const maxHeader = 256 << 10
 
 // maxSecureJoinHeader bounds the header section of a cleartext Secure-Join
-// request; Delta Chat's is about 1 KiB with an Ed25519 Autocrypt key.
-const maxSecureJoinHeader = 8 << 10
+// request; Delta Chat's is about 1 KiB with an Ed25519 Autocrypt key, and
+// trace and signature fields of a big provider may add a few. Only the
+// allowlisted fields of it are kept.
+const maxSecureJoinHeader = 16 << 10
 
 // judges keeps judges, with their buffers, from one message to the next.
 var judges = sync.Pool{New: func() any { return pgpmime.NewJudge(nil, nil) }}
@@ -133,7 +135,7 @@ var Reasons = map[Direction][]Reason{
 	Outgoing: {ReasonEncrypted, ReasonSecureJoin, ReasonNotChatmail, ReasonCleartext,
 		ReasonBadFrom, ReasonBadHeader, ReasonHeaderSize, ReasonInternal},
 	Incoming: {ReasonEncrypted, ReasonSecureJoin, ReasonBounce, ReasonNotChatmail, ReasonCleartext, ReasonBadFrom,
-		ReasonBadHeader, ReasonDKIMUnsigned, ReasonDKIMInvalid, ReasonDKIMUnaligned, ReasonDKIMTempFail,
+		ReasonBadSender, ReasonBadHeader, ReasonDKIMUnsigned, ReasonDKIMInvalid, ReasonDKIMUnaligned, ReasonDKIMTempFail,
 		ReasonHeaderSize, ReasonInternal},
 }
 
@@ -357,7 +359,12 @@ func (t *Txn) EndHeaders() *Verdict {
 		return t.final(ReasonBadFrom, ReplyBadFrom)
 	}
 	if t.dir == Incoming && t.from == "" {
-		return t.final(ReasonBadFrom, ReplyBadFrom)
+		return t.final(ReasonBadFrom, ReplyBadFromIncoming)
+	}
+	if t.dir == Incoming && t.sender != "" && !boundedAddress(t.sender) {
+		// The delivery agent writes the envelope sender into the stored
+		// header (Return-Path).
+		return t.final(ReasonBadSender, ReplyBadEnvelope)
 	}
 	if t.fromLocal && !t.sendersOK() {
 		t.log.Info("refused Sender or Reply-To", logging.User(t.auth))

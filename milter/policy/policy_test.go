@@ -152,7 +152,8 @@ func TestRules(t *testing.T) {
 		{"encrypted to literal", "enc-v4.eml", envelope{"", alice, []string{"bob@[127.0.0.1]"}}, 250, ReasonEncrypted},
 		// Unauthenticated mail from a chatmail address gets the incoming rules.
 		{"unauthenticated chatmail sender", "neg-plain.eml", envelope{"", alice, []string{"dave@elsewhere.example"}}, 523, ReasonCleartext},
-		{"unauthenticated odd sender", "neg-plain.eml", envelope{"", "alice%chat.example@[127.0.0.1]", []string{"dave@elsewhere.example"}}, 523, ReasonCleartext},
+		{"unauthenticated odd sender", "neg-plain.eml", envelope{"", "alice%chat.example@[127.0.0.1]", []string{"dave@elsewhere.example"}}, 553, ReasonBadSender},
+		{"unauthenticated quoted sender", "enc-v4.eml", envelope{"", `"Meet me at the old mill at midnight"@evil.example`, []string{bob}}, 553, ReasonBadSender},
 
 		{"other-domain user to other", "neg-plain.eml", envelope{carol, carol, []string{"dave@elsewhere.example"}}, 250, ReasonNotChatmail},
 		{"other-domain user to chatmail", "neg-plain.eml", envelope{carol, carol, []string{bob}}, 523, ReasonCleartext},
@@ -296,8 +297,11 @@ func TestDKIMVerify(t *testing.T) {
 		{"unaligned", sub, 554, ReasonDKIMUnaligned},
 		{"cleartext first", fixture(t, "neg-plain.eml"), 523, ReasonCleartext},
 		// An address literal cannot be DKIM-aligned: no longer a way around it.
-		{"literal From", bytes.Replace(fixture(t, "enc-v4.eml"), []byte("From: <alice@chat.example>"), []byte("From: <mailer-daemon@[192.0.2.1]>"), 1), 554, ReasonDKIMUnsigned},
-		{"literal From signed", bytes.Replace(signed, []byte("From: <alice@chat.example>"), []byte("From: <alice@[192.0.2.1]>"), 1), 554, ReasonDKIMInvalid},
+		{"literal From", bytes.Replace(fixture(t, "enc-v4.eml"), []byte("From: <alice@chat.example>"), []byte("From: <mailer-daemon@[192.0.2.1]>"), 1), 554, ReasonBadFrom},
+		{"literal From signed", bytes.Replace(signed, []byte("From: <alice@chat.example>"), []byte("From: <alice@[192.0.2.1]>"), 1), 554, ReasonBadFrom},
+		// Text posing as an address: quoted local part, endless subdomain.
+		{"quoted From", bytes.Replace(signed, []byte("From: <alice@chat.example>"), []byte(`From: "Meet me at the old mill at midnight"@chat.example`), 1), 554, ReasonBadFrom},
+		{"long From domain", bytes.Replace(signed, []byte("From: <alice@chat.example>"), []byte("From: <x@"+strings.Repeat("meet.me.at.the.old.mill.", 11)+"chat.example>"), 1), 554, ReasonBadFrom},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

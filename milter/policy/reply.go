@@ -31,19 +31,21 @@ func (r Reply) Accepted() bool { return r.Code/100 == 2 }
 // and by the existing relay's tests ("523", "Encryption Needed"). Never
 // use 550 5.5.0: Delta Chat retries it as a Postfix misconfiguration.
 var (
-	ReplyAccepted       = Reply{250, "2.0.0", "accepted"}
-	ReplyCleartext      = Reply{523, "5.7.1", "Encryption Needed: Invalid Unencrypted Mail"}
-	ReplyBadFrom        = Reply{554, "5.7.1", "From header must be exactly the authenticated sender address"}
-	ReplyBadSender      = Reply{553, "5.7.1", "Envelope sender must be the authenticated user"}
-	ReplyBadSenderField = Reply{554, "5.7.1", "Sender, Reply-To and Resent- fields must name the authenticated sender or be absent"}
-	ReplyBadHeader      = Reply{554, "5.6.0", "Malformed header field name"}
-	ReplyTooManyRcpts   = Reply{452, "4.5.3", "Too many recipients"}
-	ReplyUnsigned       = Reply{554, "5.7.1", "No DKIM signature found"}
-	ReplyInvalidSig     = Reply{554, "5.7.1", "No valid DKIM signature found: signature does not verify"}
-	ReplyUnaligned      = Reply{554, "5.7.1", "No valid DKIM signature found: signing domain not aligned with From"}
-	ReplyDKIMTempFail   = Reply{451, "4.7.5", "DKIM key lookup failed, try again later"}
-	ReplyHeaderTooLarge = Reply{552, "5.3.4", "Header section too large"}
-	ReplyInternal       = Reply{451, "4.3.0", "Internal error, try again later"}
+	ReplyAccepted        = Reply{250, "2.0.0", "accepted"}
+	ReplyCleartext       = Reply{523, "5.7.1", "Encryption Needed: Invalid Unencrypted Mail"}
+	ReplyBadFrom         = Reply{554, "5.7.1", "From header must be exactly the authenticated sender address"}
+	ReplyBadSender       = Reply{553, "5.7.1", "Envelope sender must be the authenticated user"}
+	ReplyBadFromIncoming = Reply{554, "5.7.1", "From header must be exactly one plain address"}
+	ReplyBadEnvelope     = Reply{553, "5.1.7", "Envelope sender must be a plain address"}
+	ReplyBadSenderField  = Reply{554, "5.7.1", "Sender, Reply-To and Resent- fields must name the authenticated sender or be absent"}
+	ReplyBadHeader       = Reply{554, "5.6.0", "Malformed header field name"}
+	ReplyTooManyRcpts    = Reply{452, "4.5.3", "Too many recipients"}
+	ReplyUnsigned        = Reply{554, "5.7.1", "No DKIM signature found"}
+	ReplyInvalidSig      = Reply{554, "5.7.1", "No valid DKIM signature found: signature does not verify"}
+	ReplyUnaligned       = Reply{554, "5.7.1", "No valid DKIM signature found: signing domain not aligned with From"}
+	ReplyDKIMTempFail    = Reply{451, "4.7.5", "DKIM key lookup failed, try again later"}
+	ReplyHeaderTooLarge  = Reply{552, "5.3.4", "Header section too large"}
+	ReplyInternal        = Reply{451, "4.3.0", "Internal error, try again later"}
 )
 
 // rateLimited is the reply for a sender over its rate.
