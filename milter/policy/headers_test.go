@@ -2,8 +2,12 @@ package policy
 
 import (
 	"bytes"
+	"encoding/base64"
 	"strings"
 	"testing"
+
+	"github.com/ProtonMail/go-crypto/openpgp/packet"
+	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 )
 
 // applyChanges edits a raw message's header as Postfix applies a milter's
@@ -170,6 +174,40 @@ func TestFoldedFrom(t *testing.T) {
 		v := run(t, e, env, msg)
 		if !v.Reply.Accepted() || !bytes.HasPrefix(applyChanges(t, msg, v), []byte("From: <alice@chat.example>\n")) {
 			t.Errorf("%+v: got %+v", env, v)
+		}
+	}
+}
+
+// TestAutocryptKey checks that an Autocrypt field is kept only with a key
+// whose user IDs are "<addr>", and removed when a name rides along.
+func TestAutocryptKey(t *testing.T) {
+	e := testEngine(t, nil)
+	enc := string(fixture(t, "enc-v4.eml"))
+	key := func(name, addr string) string {
+		ent, err := openpgp.NewEntity(name, "", addr, &packet.Config{Algorithm: packet.PubKeyAlgoEdDSA})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		if err := ent.Serialize(&b); err != nil {
+			t.Fatal(err)
+		}
+		return base64.StdEncoding.EncodeToString(b.Bytes())
+	}
+	for _, c := range []struct {
+		name, keydata string
+		kept          bool
+	}{
+		{"bare address", key("", alice), true},
+		{"with a name", key("Buy cheap watches at spam.example", alice), false},
+		{"other address", key("", bob), false},
+		{"not a key", base64.StdEncoding.EncodeToString([]byte("Buy cheap watches")), false},
+	} {
+		msg := []byte("Autocrypt: addr=" + alice + "; prefer-encrypt=mutual; keydata=" + c.keydata + "\r\n" + enc)
+		v := run(t, e, envelope{"", alice, []string{bob}}, msg)
+		kept := bytes.Contains(applyChanges(t, msg, v), []byte("Autocrypt:"))
+		if !v.Reply.Accepted() || kept != c.kept {
+			t.Errorf("%s: kept %v, want %v (%+v)", c.name, kept, c.kept, v)
 		}
 	}
 }
