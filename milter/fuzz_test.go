@@ -98,7 +98,8 @@ func FuzzPackets(f *testing.F) {
 }
 
 // FuzzReplay runs arbitrary messages, header section included, through
-// the whole policy in both directions: no panic, and always a reply.
+// the whole policy in both directions: no panic, always a reply, and an
+// accepted message, as stored, within the readable text budget.
 func FuzzReplay(f *testing.F) {
 	for _, name := range []string{"enc-v4.eml", "securejoin-vc.eml", "bounce.eml", "neg-plain.eml"} {
 		raw, err := os.ReadFile(filepath.Join("testdata", name))
@@ -133,6 +134,16 @@ func FuzzReplay(f *testing.F) {
 		}
 		if v == nil || v.Reply.Code < 200 || v.Reply.Code > 599 {
 			t.Fatalf("no reply: %+v", v)
+		}
+		if !v.Reply.Accepted() || v.Reason == policy.ReasonNotChatmail {
+			return
+		}
+		stored, err := policy.Apply(raw, v)
+		if err != nil {
+			t.Fatalf("accepted with changes that name no field: %v", err)
+		}
+		if n := policy.Readable(stored); n > policy.BounceBudget {
+			t.Fatalf("accepted as %s with %d readable bytes, over every budget", v.Reason, n)
 		}
 	})
 }

@@ -44,29 +44,6 @@ func maxHeaderFields(from, boundary string) string {
 		"Content-Transfer-Encoding: 7bit\r\n"
 }
 
-// readable counts the bytes of an accepted message (as stored, after the
-// header changes) that a person could read: everything but the base64 of
-// the armored data and of Autocrypt keys, which is not text.
-func readable(msg []byte) int {
-	n := 0
-	inArmor := false
-	for _, l := range strings.Split(string(msg), "\n") {
-		l = strings.TrimRight(l, "\r")
-		switch {
-		case l == "-----BEGIN PGP MESSAGE-----":
-			inArmor = true
-		case l == "-----END PGP MESSAGE-----":
-			inArmor = false
-		case inArmor && !strings.Contains(l, ": ") && l != "":
-			continue // base64
-		case strings.HasPrefix(l, "Autocrypt:"):
-			l, _, _ = strings.Cut(l, "keydata=")
-		}
-		n += len(l)
-	}
-	return n
-}
-
 // TestReadableBudget builds, for every shape the policy accepts, the
 // message with the most readable text it lets through, and checks that
 // what is stored stays within the budget the README states.
@@ -125,7 +102,7 @@ func TestReadableBudget(t *testing.T) {
 		if !v.Reply.Accepted() || v.Reason != c.why {
 			t.Fatalf("%s: got %+v", c.name, v)
 		}
-		n := readable(applyChanges(t, msg, v))
+		n := Readable(applyChanges(t, msg, v))
 		t.Logf("%s: %d readable bytes, budget %d", c.name, n, c.budget)
 		if n > c.budget {
 			t.Errorf("%s: %d readable bytes, over the budget of %d", c.name, n, c.budget)

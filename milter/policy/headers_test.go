@@ -10,47 +10,14 @@ import (
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 )
 
-// applyChanges edits a raw message's header as Postfix applies a milter's
-// SMFIR_CHGHEADER replies (the Index-th field of that name, counted case
-// insensitively; an empty value deletes it) and then adds the new fields
-// at the end of the header.
+// applyChanges is Apply for tests.
 func applyChanges(t testing.TB, msg []byte, v *Verdict) []byte {
 	t.Helper()
-	msg = bytes.ReplaceAll(msg, []byte("\r\n"), []byte("\n"))
-	head, body, _ := bytes.Cut(msg, []byte("\n\n"))
-	var fields []string
-	for _, l := range strings.Split(string(head), "\n") {
-		if (strings.HasPrefix(l, " ") || strings.HasPrefix(l, "\t")) && len(fields) > 0 {
-			fields[len(fields)-1] += "\n" + l
-			continue
-		}
-		fields = append(fields, l)
+	out, err := Apply(msg, v)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, c := range v.Changes {
-		n := 0
-		for i, f := range fields {
-			name, _, _ := strings.Cut(f, ":")
-			if !strings.EqualFold(name, c.Name) {
-				continue
-			}
-			if n++; n != c.Index {
-				continue
-			}
-			if c.Value == "" {
-				fields = append(fields[:i], fields[i+1:]...)
-			} else {
-				fields[i] = name + ": " + c.Value
-			}
-			break
-		}
-		if n < c.Index {
-			t.Fatalf("change %+v names no field", c)
-		}
-	}
-	for _, f := range v.Add {
-		fields = append(fields, f.Name+": "+f.Value)
-	}
-	return []byte(strings.Join(fields, "\n") + "\n\n" + string(body))
+	return out
 }
 
 // spammyHeader is a header section full of readable text in every place an
