@@ -52,6 +52,13 @@ func startDeltaChat(t *testing.T) *deltachat.RPC {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startDeltaChatBinary(t, binary)
+}
+
+// startDeltaChatBinary runs one deltachat-rpc-server binary for t, as
+// startDeltaChat does.
+func startDeltaChatBinary(t *testing.T, binary string) *deltachat.RPC {
+	t.Helper()
 	var log bytes.Buffer // written under the RPC's lock, read after Close
 	rpc, err := deltachat.Start(waitCtx(t), deltachat.Options{
 		Binary:      binary,

@@ -80,13 +80,22 @@ type Profile struct {
 // server held. With the default, one device, it deletes encrypted mail once
 // fetched.
 func NewProfile(ctx context.Context, rpc *deltachat.RPC, s *stack.Stack, displayName string) (*Profile, error) {
+	return NewProfileVia(ctx, rpc, s, displayName, 0)
+}
+
+// NewProfileVia is NewProfile with the profile's outgoing mail sent to
+// 127.0.0.1:smtpsPort (implicit TLS) instead of the stack's SMTPS port,
+// e.g. to a recording proxy; 0 means the stack's.
+func NewProfileVia(ctx context.Context, rpc *deltachat.RPC, s *stack.Stack, displayName string, smtpsPort uint16) (*Profile, error) {
 	imaps, err := Port(s, "IMAPS_PORT")
 	if err != nil {
 		return nil, err
 	}
-	smtps, err := Port(s, "SMTPS_PORT")
-	if err != nil {
-		return nil, err
+	smtps := smtpsPort
+	if smtps == 0 {
+		if smtps, err = Port(s, "SMTPS_PORT"); err != nil {
+			return nil, err
+		}
 	}
 	acc, err := rpc.AddAccount(ctx)
 	if err != nil {

@@ -83,8 +83,19 @@ type TransportParams struct {
 // AddOrUpdateTransport configures the account for a mail server. It returns
 // when configuration has finished, with core's reason if it failed.
 // Call StartIO afterwards.
+//
+// Cores older than the transport API (1.159 and earlier) lack
+// add_or_update_transport; for them it sets the equivalent legacy config
+// keys and runs configure.
 func (a *Account) AddOrUpdateTransport(ctx context.Context, params TransportParams) error {
-	return a.call(ctx, "add_or_update_transport", nil, params)
+	err := a.call(ctx, "add_or_update_transport", nil, params)
+	if !IsMethodNotFound(err) {
+		return err
+	}
+	if err := a.BatchSetConfig(ctx, params.legacyConfig()); err != nil {
+		return err
+	}
+	return a.call(ctx, "configure", nil)
 }
 
 // StartIO starts the IMAP and SMTP loops.
@@ -208,6 +219,26 @@ type Chat struct {
 	IsContactRequest bool   `json:"isContactRequest"`
 	IsUnpromoted     bool   `json:"isUnpromoted"`
 	IsSelfTalk       bool   `json:"isSelfTalk"`
+	// IsProtected is what cores before 2.0 report instead of IsEncrypted:
+	// a verified group or one-to-one chat.
+	IsProtected bool `json:"isProtected"`
+}
+
+// UnmarshalJSON decodes a BasicChat, also from cores before 2.0 whose
+// chatType is a number.
+func (c *Chat) UnmarshalJSON(b []byte) error {
+	type plain Chat // drops the method, so no recursion
+	var v struct {
+		plain
+		ChatType json.RawMessage `json:"chatType"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*c = Chat(v.plain)
+	t, err := decodeChatType(v.ChatType)
+	c.ChatType = t
+	return err
 }
 
 // Chat returns basic information about a chat.
@@ -221,6 +252,8 @@ func (a *Account) Chat(ctx context.Context, chatID uint32) (*Chat, error) {
 
 // SecureJoinQR returns an invitation link (https://i.delta.chat/#...). With
 // chatID 0 it invites to a one-to-one chat, otherwise to that group.
+// Cores before 1.140 only have get_chat_securejoin_qr_code_svg, which
+// returns the link together with an SVG image of it.
 func (a *Account) SecureJoinQR(ctx context.Context, chatID uint32) (string, error) {
 	var qr string
 	var chat any // null means "setup contact"
@@ -228,7 +261,17 @@ func (a *Account) SecureJoinQR(ctx context.Context, chatID uint32) (string, erro
 		chat = chatID
 	}
 	err := a.call(ctx, "get_chat_securejoin_qr_code", &qr, chat)
-	return qr, err
+	if !IsMethodNotFound(err) {
+		return qr, err
+	}
+	var pair []string
+	if err := a.call(ctx, "get_chat_securejoin_qr_code_svg", &pair, chat); err != nil {
+		return "", err
+	}
+	if len(pair) != 2 {
+		return "", fmt.Errorf("get_chat_securejoin_qr_code_svg: got %d values, want link and SVG", len(pair))
+	}
+	return pair[0], nil
 }
 
 // SecureJoin starts joining with an invitation from SecureJoinQR and returns

@@ -35,9 +35,19 @@ type Event struct {
 // UnmarshalJSON decodes the known fields and keeps the payload in Raw.
 func (e *Event) UnmarshalJSON(b []byte) error {
 	type plain Event // drops the method, so no recursion
-	if err := json.Unmarshal(b, (*plain)(e)); err != nil {
+	var v struct {
+		plain
+		ChatType json.RawMessage `json:"chatType"` // a number before core 2.0
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
 		return err
 	}
+	*e = Event(v.plain)
+	t, err := decodeChatType(v.ChatType)
+	if err != nil {
+		return err
+	}
+	e.ChatType = t
 	e.Raw = append(json.RawMessage(nil), b...)
 	return nil
 }
