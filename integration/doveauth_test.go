@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -419,4 +420,188 @@ func imapLoginClient(s *stack.Stack, addr string) (*imapclient.Client, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// doveauthMetric returns the value of one series of doveauth's metrics.
+func doveauthMetric(t *testing.T, s *stack.Stack, series string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + s.Env["DOVEAUTH_METRICS"] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no metric %s", series)
+	return 0
+}
+
+// imapAuthPlain logs in with AUTHENTICATE PLAIN (SASL-IR), which carries
+// longer passwords to doveauth than LOGIN does.
+func imapAuthPlain(s *stack.Stack, user, pass string) error {
+	c, err := imapclient.DialInsecure(s.Addr("IMAP_PORT"), nil)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.Authenticate(sasl.NewPlainClient("", user, pass))
+}
+
+// An overlong password fails at once, for a new address (nothing created)
+// and for an existing account, whose hash Dovecot never gets to compare it
+// with: doveauth answers "not found" without hashing.
+func TestPasswordMaxLength(t *testing.T) {
+	s := shared
+	existing, fresh := newAddr(s), newAddr(s)
+	wantLogin(t, s, existing, goodPassword, "")
+	const series = `chatmail_doveauth_creation_rejections_total{reason="long_password"}`
+	before := doveauthMetric(t, s, series)
+	long := strings.Repeat("p", 3000) // as long as Dovecot passes on
+	for _, user := range []string{existing, fresh} {
+		start := time.Now()
+		err := imapAuthPlain(s, user, long)
+		if code := imapCode(t, err); code != imap.ResponseCodeAuthenticationFailed {
+			t.Errorf("AUTHENTICATE %s with a 3000-byte password: %v, want AUTHENTICATIONFAILED", user, err)
+		}
+		// 60 KB by LOGIN, a literal: refused by Dovecot or by doveauth, fast.
+		if err := imapLogin(s, user, strings.Repeat("p", 60_000)); err == nil {
+			t.Errorf("LOGIN %s with a 60 KB password succeeded", user)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("%s: refusing long passwords took %v", user, d)
+		}
+	}
+	if after := doveauthMetric(t, s, series); after < before+2 {
+		t.Errorf("doveauth refused %v long passwords, want 2 (one per account): they reached Dovecot's hashing instead", after-before)
+	}
+	if n := countAccounts(t, s, fresh); n != 0 {
+		t.Error("a login with an overlong password created an account")
+	}
+	// The longest password allowed still creates an account and logs in.
+	edge := newAddr(s)
+	wantLogin(t, s, edge, strings.Repeat("q", 128), "")
+	wantLogin(t, s, edge, strings.Repeat("q", 128), "")
+	if err := smtpAuth(s, existing, long); err == nil {
+		t.Error("SMTP AUTH with a 3000-byte password succeeded")
+	}
+}
+
+func TestLocalpartCharacters(t *testing.T) {
+	s := shared
+	for _, lp := range []string{".........", "abcd.efgh", "abcd_efgh", "abcd-efgh", "-abcdefgh"} {
+		user := lp + "@" + s.Domain
+		wantLogin(t, s, user, goodPassword, imap.ResponseCodeAuthenticationFailed)
+		if err := smtpAuth(s, user, goodPassword); err == nil {
+			t.Errorf("SMTP AUTH %s succeeded", user)
+		}
+		if n := countAccounts(t, s, user); n != 0 {
+			t.Errorf("account %s was created", user)
+		}
+	}
+}
+
+func TestCreationRateLimit(t *testing.T) {
+	limited := func(a *[]string) { *a = append(*a, "--create-burst", "3", "--create-per-minute", "1") }
+	s := stack.Start(t, limited)
+	var made []string
+	for range 3 {
+		addr := newAddr(s)
+		wantLogin(t, s, addr, goodPassword, "")
+		made = append(made, addr)
+	}
+	over := newAddr(s)
+	wantLogin(t, s, over, goodPassword, imap.ResponseCodeUnavailable)
+	if err := smtpAuth(s, over, goodPassword); err == nil {
+		t.Error("SMTP AUTH over the creation limit succeeded")
+	}
+	if n := countAccounts(t, s, over); n != 0 {
+		t.Error("an account was created over the limit")
+	}
+	// Existing accounts log in as before.
+	for _, addr := range made {
+		wantLogin(t, s, addr, goodPassword, "")
+	}
+}
+
+// A deleted account leaves a tombstone: its address cannot be registered
+// again, and the database holds a keyed hash of it, never the address.
+func TestDeletedAddressStaysDead(t *testing.T) {
+	s := shared
+	addr, abuser := newAddr(s), newAddr(s)
+	wantLogin(t, s, addr, goodPassword, "")
+	wantLogin(t, s, abuser, goodPassword, "")
+	if out := s.Admin(t, "delete", addr); !contains(out, "deleted") {
+		t.Fatalf("delete said %q", out)
+	}
+	wantLogin(t, s, addr, goodPassword, imap.ResponseCodeAuthenticationFailed)
+	wantLogin(t, s, strings.ToUpper(addr), "another-password", imap.ResponseCodeAuthenticationFailed)
+	if err := smtpAuth(s, addr, goodPassword); err == nil {
+		t.Error("SMTP AUTH re-registered a deleted address")
+	}
+	// The abuser is blocked, then deleted; registering again fails too.
+	s.Admin(t, "block", abuser)
+	s.Admin(t, "delete", abuser)
+	wantLogin(t, s, abuser, goodPassword, imap.ResponseCodeAuthenticationFailed)
+	if err := smtpAuth(s, abuser, goodPassword); err == nil {
+		t.Error("SMTP AUTH re-registered a deleted abuser")
+	}
+	for _, a := range []string{addr, abuser} {
+		if n := countAccounts(t, s, a); n != 0 {
+			t.Errorf("%s was registered again", a)
+		}
+	}
+	var rows, naming, badLen int
+	err := db(t, s).QueryRow(context.Background(), `SELECT count(*),
+		count(*) FILTER (WHERE position(convert_to($1, 'UTF8') IN address_hmac) > 0 OR position(convert_to($2, 'UTF8') IN address_hmac) > 0),
+		count(*) FILTER (WHERE length(address_hmac) <> 32) FROM tombstones`, addr, abuser).Scan(&rows, &naming, &badLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rows < 2 || naming != 0 || badLen != 0 {
+		t.Errorf("tombstones: %d rows, %d naming the address, %d not 32 bytes", rows, naming, badLen)
+	}
+	// Other addresses are unaffected.
+	wantLogin(t, s, newAddr(s), goodPassword, "")
+}
+
+// Logins racing a deletion never bring the account back: creation and
+// deletion of one address are ordered by PostgreSQL.
+func TestDeleteRacesLogins(t *testing.T) {
+	s := shared
+	for range 2 {
+		addr := newAddr(s)
+		wantLogin(t, s, addr, goodPassword, "")
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					imapLogin(s, addr, goodPassword)
+				}
+			})
+		}
+		s.Admin(t, "delete", addr)
+		close(stop)
+		wg.Wait()
+		if n := countAccounts(t, s, addr); n != 0 {
+			t.Fatalf("a login racing the deletion registered the address again")
+		}
+		wantLogin(t, s, addr, goodPassword, imap.ResponseCodeAuthenticationFailed)
+	}
 }

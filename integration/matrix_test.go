@@ -3,9 +3,11 @@ package integration
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"chatmail.dev/integration/chatflow"
 	"chatmail.dev/integration/deltachat"
@@ -164,17 +166,19 @@ func TestOldCoresSeeChatmail(t *testing.T) {
 				t.Fatal(err)
 			}
 			c := newChatter(t, startDeltaChatBinary(t, bin), shared, "Alice "+v)
-			got, err := c.Acc.Config(waitCtx(t), "is_chatmail")
-			if err != nil {
-				t.Fatalf("core %s has no is_chatmail config key to check: %v", v, err)
-			}
-			if got != "1" {
-				mvbox, err := c.Acc.Config(waitCtx(t), "mvbox_move")
+			// Some cores set is_chatmail only once their IMAP loop has
+			// seen the capabilities, after configure returns.
+			eventually(t, 30*time.Second, func() error {
+				got, err := c.Acc.Config(waitCtx(t), "is_chatmail")
 				if err != nil {
-					t.Fatal(err)
+					return fmt.Errorf("core %s has no is_chatmail config key to check: %v", v, err)
 				}
-				t.Errorf("core %s: is_chatmail = %q (mvbox_move %q), want 1: does the server announce XCHATMAIL?", v, got, mvbox)
-			}
+				if got != "1" {
+					mvbox, _ := c.Acc.Config(waitCtx(t), "mvbox_move")
+					return fmt.Errorf("core %s: is_chatmail = %q (mvbox_move %q), want 1: does the server announce XCHATMAIL?", v, got, mvbox)
+				}
+				return nil
+			})
 		})
 	}
 }

@@ -78,6 +78,11 @@ func TestPGPOnlyHeaders(t *testing.T) {
 		if !strings.Contains(strings.ReplaceAll(m, "\r\n", "\n"), "\nSubject: [...]\n") {
 			t.Errorf("Subject not the placeholder:\n%.1500s", m)
 		}
+		// No trace line with the client's IP or its HELO name (text the
+		// client chose) is stored.
+		if strings.Contains(m, "mx.elsewhere.test") || strings.Contains(m, "127.0.0.1") {
+			t.Errorf("stored message names the sending client:\n%.1500s", m)
+		}
 	}
 }
 

@@ -46,11 +46,21 @@ type Service struct {
 	Accounts config.Accounts
 	Log      *slog.Logger
 	Metrics  *Metrics
+	// TombstoneKey keys the tombstones of deleted accounts, which block
+	// creating their addresses anew.
+	TombstoneKey accounts.TombstoneKey
 
 	userdbCache existsCache
+	creations   bucket
 }
 
-var localpartChars = regexp.MustCompile(`^[a-z0-9._-]+$`)
+var (
+	// localpartAlnum is the default rule: what Delta Chat makes.
+	localpartAlnum = regexp.MustCompile(`^[a-z0-9]+$`)
+	// localpartPunct allows single '.', '_' or '-' between letters and
+	// digits (localpart_punctuation = true): never first, last or doubled.
+	localpartPunct = regexp.MustCompile(`^[a-z0-9]+([._-][a-z0-9]+)*$`)
+)
 
 // Key prefixes, as Dovecot sends them (it adds "shared/" or "priv/").
 const (
@@ -70,6 +80,10 @@ const DeliveryQuotaDict = "quota-delivery"
 // errUnavailable is what Dovecot sees when the store cannot answer: a
 // temporary failure, never a wrong answer.
 var errUnavailable = errors.New("account store unavailable, try again later")
+
+// errTryLater is the answer to a first login over the creation rate limit:
+// a temporary failure (IMAP NO [UNAVAILABLE]), so the client retries.
+var errTryLater = errors.New("too many new accounts, try again later")
 
 // Lookup implements dict.Handler.
 func (s *Service) Lookup(ctx context.Context, req dict.Lookup) (string, bool, error) {
@@ -107,6 +121,15 @@ func (s *Service) Lookup(ctx context.Context, req dict.Lookup) (string, bool, er
 // passdb answers a login attempt; rest is <password>"<user>, both escaped
 // with backslashes by Dovecot's %E.
 func (s *Service) passdb(ctx context.Context, rest string) (string, string, error) {
+	// An overlong password fails before anything else, for existing
+	// accounts too: "not found" keeps Dovecot from hashing it to compare.
+	// The key is at least as long as the password it carries.
+	if len(rest) > s.Accounts.PasswordMaxLength {
+		if password, _, ok := splitPassdbKey(rest); !ok || len(password) > s.Accounts.PasswordMaxLength {
+			s.Metrics.reject("long_password")
+			return "", "notfound", nil
+		}
+	}
 	password, user, ok := splitPassdbKey(rest)
 	if !ok {
 		return "", "error", fmt.Errorf("malformed passdb key")
@@ -135,11 +158,32 @@ func (s *Service) passdb(ctx context.Context, rest string) (string, string, erro
 		s.Log.Info("account creation refused", "reason", reason, logging.User(addr))
 		return "", "notfound", nil
 	}
+	// The token is taken before hashing and given back unless this call
+	// creates the account, so concurrent first logins of one address (IMAP
+	// and SMTP at once) cost one token.
+	if !s.creations.take(time.Now(), s.Accounts.CreateBurst, s.Accounts.CreatePerMinute) {
+		s.Metrics.reject("rate_limited")
+		return "", "ratelimited", errTryLater
+	}
+	created := false
+	defer func() {
+		if !created {
+			s.creations.refund()
+		}
+	}()
 	hash, err := passhash.Hash(s.Accounts.PasswordScheme, password)
 	if err != nil {
 		return "", "", err
 	}
-	acc, created, err := s.Store.Create(ctx, accounts.New{Address: addr, PasswordHash: hash, CountMessages: s.Accounts.CountMessages})
+	acc, created, err = s.Store.Create(ctx, accounts.New{
+		Address: addr, PasswordHash: hash, CountMessages: s.Accounts.CountMessages,
+		Tombstone: s.TombstoneKey.Hash(addr), TombstoneLifetime: s.Accounts.TombstoneLifetime.D(),
+	})
+	if errors.Is(err, accounts.ErrTombstoned) {
+		s.Metrics.reject("tombstone")
+		s.Log.Info("account creation refused", "reason", "tombstone", logging.User(addr))
+		return "", "notfound", nil
+	}
 	if err != nil {
 		return "", "", err
 	}
@@ -159,10 +203,14 @@ func (s *Service) refuseCreation(addr, local, password string) string {
 	switch {
 	case a.Registration != "open":
 		return "registration_closed"
-	case len(local) < a.LocalpartMinLength || len(local) > a.LocalpartMaxLength || !localpartChars.MatchString(local):
+	case len(local) < a.LocalpartMinLength || len(local) > a.LocalpartMaxLength:
+		return "bad_localpart"
+	case !a.LocalpartPunctuation && !localpartAlnum.MatchString(local), a.LocalpartPunctuation && !localpartPunct.MatchString(local):
 		return "bad_localpart"
 	case len(password) < a.PasswordMinLength:
 		return "short_password"
+	case len(password) > a.PasswordMaxLength:
+		return "long_password"
 	}
 	// Mail of a deleted account that is still being removed must never
 	// become readable to whoever registers the address next.

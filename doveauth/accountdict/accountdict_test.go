@@ -24,9 +24,11 @@ import (
 // memStore is an in-memory Store; down makes every call fail like an
 // unreachable database.
 type memStore struct {
-	mu   sync.Mutex
-	accs map[string]*accounts.Account
-	down bool
+	mu    sync.Mutex
+	accs  map[string]*accounts.Account
+	tombs map[string]bool // by string(tombstone)
+	down  bool
+	gets  int
 }
 
 var errDown = errors.New("connection refused")
@@ -34,6 +36,7 @@ var errDown = errors.New("connection refused")
 func (m *memStore) Get(ctx context.Context, addr string) (*accounts.Account, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.gets++
 	if m.down {
 		return nil, errDown
 	}
@@ -50,6 +53,12 @@ func (m *memStore) Create(ctx context.Context, n accounts.New) (*accounts.Accoun
 	defer m.mu.Unlock()
 	if m.down {
 		return nil, false, errDown
+	}
+	if len(n.Tombstone) != 32 {
+		return nil, false, errors.New("no tombstone hash")
+	}
+	if m.tombs[string(n.Tombstone)] {
+		return nil, false, accounts.ErrTombstoned
 	}
 	if a, ok := m.accs[n.Address]; ok {
 		return a, false, nil
@@ -103,12 +112,14 @@ func (m *memStore) Each(ctx context.Context, fn func(*accounts.Account) error) e
 }
 
 func newService(t *testing.T) (*Service, *memStore, *prometheus.Registry) {
-	st := &memStore{accs: map[string]*accounts.Account{}}
+	st := &memStore{accs: map[string]*accounts.Account{}, tombs: map[string]bool{}}
 	reg := prometheus.NewRegistry()
 	c := config.Defaults()
 	c.Mail.Domains = []string{"chat.test"}
-	return &Service{Store: st, Mail: c.Mail, Accounts: c.Accounts, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: NewMetrics(reg)}, st, reg
+	return &Service{Store: st, Mail: c.Mail, Accounts: c.Accounts, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: NewMetrics(reg), TombstoneKey: testKey}, st, reg
 }
+
+var testKey = accounts.TombstoneKey("0123456789abcdef0123456789abcdef")
 
 func passdb(t *testing.T, s *Service, user, pass string) (map[string]string, bool, error) {
 	t.Helper()
@@ -170,7 +181,7 @@ func TestCreationRules(t *testing.T) {
 	if len(st.accs) != 0 {
 		t.Errorf("accounts created: %v", st.accs)
 	}
-	for _, ok := range []string{"a.b-c_d12@chat.test", "ABCDEFGHI@chat.test"} {
+	for _, ok := range []string{"abcdefgh1@chat.test", "ABCDEFGHI@chat.test"} {
 		if _, found, err := passdb(t, s, ok, "password123"); !found || err != nil {
 			t.Errorf("%s: found=%v err=%v", ok, found, err)
 		}

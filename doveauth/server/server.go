@@ -72,16 +72,25 @@ func (s *Server) Run(ctx context.Context, env *daemon.Env) error {
 		return &config.Error{Key: "postgres.dsn", Msg: err.Error()}
 	}
 	defer store.Close()
+	// Without its key doveauth cannot honour tombstones: it does not start.
+	key, err := accounts.LoadTombstoneKey(env.Config.Accounts.TombstoneKeyFile)
+	if err != nil {
+		return &config.Error{Key: "accounts.tombstone_key_file", Msg: err.Error()}
+	}
 
 	svc := &accountdict.Service{
-		Store:    store,
-		Mail:     env.Config.Mail,
-		Accounts: env.Config.Accounts,
-		Log:      env.Log,
-		Metrics:  accountdict.NewMetrics(env.Registry),
+		Store:        store,
+		Mail:         env.Config.Mail,
+		Accounts:     env.Config.Accounts,
+		Log:          env.Log,
+		Metrics:      accountdict.NewMetrics(env.Registry),
+		TombstoneKey: key,
 	}
 	gate := &migrationGate{next: svc}
-	go gate.migrate(ctx, store, env.Log)
+	go func() {
+		gate.migrate(ctx, store, env.Log)
+		purgeTombstones(ctx, store, env.Config.Accounts.TombstoneLifetime.D(), env.Log)
+	}()
 
 	ln, err := unixsock.Listen(s.cfg.Socket, uint32(s.cfg.SocketMode), s.cfg.SocketGroup)
 	if err != nil {
@@ -156,6 +165,26 @@ func (g *migrationGate) migrate(ctx context.Context, store *accounts.Store, log 
 		case <-ctx.Done():
 			return
 		case <-time.After(delay):
+		}
+	}
+}
+
+// purgeTombstones removes expired tombstones now and every hour, so that
+// the database keeps them no longer than tombstone_lifetime.
+func purgeTombstones(ctx context.Context, store *accounts.Store, lifetime time.Duration, log *slog.Logger) {
+	if lifetime <= 0 || ctx.Err() != nil {
+		return
+	}
+	for {
+		if n, err := store.PurgeTombstones(ctx, lifetime); err != nil {
+			log.Warn("purging expired tombstones failed", "err", err)
+		} else if n > 0 {
+			log.Info("purged expired tombstones", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Hour):
 		}
 	}
 }

@@ -4,6 +4,7 @@ package accounts
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"strings"
@@ -106,12 +107,26 @@ type New struct {
 	PasswordHash      string
 	RegistrationToken string
 	CountMessages     bool
+	// Tombstone is TombstoneKey.Hash(Address). A live tombstone (younger
+	// than TombstoneLifetime, or any age when that is 0) makes Create fail
+	// with ErrTombstoned.
+	Tombstone         []byte
+	TombstoneLifetime time.Duration
 }
 
-// Create creates the account unless it exists. Either way it returns the
-// stored account, and whether this call created it. Concurrent calls for one
-// address create exactly one account; the others get that one.
+// errNoTombstone guards against a caller that forgot the tombstone check.
+var errNoTombstone = errors.New("account creation without a tombstone hash")
+
+// Create creates the account unless it exists or its address has a live
+// tombstone. It returns the stored account, and whether this call created
+// it. Concurrent calls for one address create exactly one account; the
+// others get that one. Creation and Delete of one address are serialized by
+// a lock in PostgreSQL, so no doveauth process can create an address whose
+// deletion committed before.
 func (s *Store) Create(ctx context.Context, n New) (*Account, bool, error) {
+	if len(n.Tombstone) != sha256.Size {
+		return nil, false, errNoTombstone
+	}
 	var token *string
 	if n.RegistrationToken != "" {
 		token = &n.RegistrationToken
@@ -121,18 +136,39 @@ func (s *Store) Create(ctx context.Context, n New) (*Account, bool, error) {
 		z := int64(0)
 		zero = &z
 	}
-	a, err := scan(s.pool.QueryRow(ctx, `INSERT INTO accounts (address, password_hash, registration_token, sent_messages, received_messages)
-		VALUES ($1, $2, $3, $4, $4) ON CONFLICT (address) DO NOTHING RETURNING `+columns,
-		n.Address, n.PasswordHash, token, zero))
-	if err == nil {
-		return a, true, nil
-	}
-	if !errors.Is(err, ErrNotFound) {
+	var (
+		a       *Account
+		created bool
+	)
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := lockAddress(ctx, tx, n.Tombstone); err != nil {
+			return err
+		}
+		dead, err := tombstoned(ctx, tx, n.Tombstone, n.TombstoneLifetime)
+		if err != nil {
+			return err
+		}
+		if dead {
+			return ErrTombstoned
+		}
+		a, err = scan(tx.QueryRow(ctx, `INSERT INTO accounts (address, password_hash, registration_token, sent_messages, received_messages)
+			VALUES ($1, $2, $3, $4, $4) ON CONFLICT (address) DO NOTHING RETURNING `+columns,
+			n.Address, n.PasswordHash, token, zero))
+		if err == nil {
+			created = true
+			return nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		// The account existed (a concurrent first login created it).
+		a, err = scan(tx.QueryRow(ctx, `SELECT `+columns+` FROM accounts WHERE address = $1`, n.Address))
+		return err
+	})
+	if err != nil {
 		return nil, false, err
 	}
-	// Lost the race to a concurrent creation (or the account existed).
-	a, err = s.Get(ctx, n.Address)
-	return a, false, err
+	return a, created, nil
 }
 
 // TouchLogin records a login on day (truncated to UTC days). It writes only
@@ -202,13 +238,28 @@ func (s *Store) SetBlocked(ctx context.Context, address string, blocked bool) er
 	return err
 }
 
-// Delete removes an account's row. The caller removes its mail.
-func (s *Store) Delete(ctx context.Context, address string) error {
-	tag, err := s.pool.Exec(ctx, `DELETE FROM accounts WHERE address = $1`, address)
-	if err == nil && tag.RowsAffected() == 0 {
-		return ErrNotFound
+// Delete removes an account's row and leaves its tombstone
+// (TombstoneKey.Hash of the address), in one transaction. The caller removes
+// its mail.
+func (s *Store) Delete(ctx context.Context, address string, tombstone []byte) error {
+	if len(tombstone) != sha256.Size {
+		return errNoTombstone
 	}
-	return err
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := lockAddress(ctx, tx, tombstone); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `DELETE FROM accounts WHERE address = $1`, address)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return ErrNotFound
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO tombstones (address_hmac) VALUES ($1)
+			ON CONFLICT (address_hmac) DO UPDATE SET created_at = now()`, tombstone)
+		return err
+	})
 }
 
 // Each calls fn for every account, in address order.

@@ -62,15 +62,38 @@ type Accounts struct {
 	Registration       string `toml:"registration"` // "open" or "closed"
 	LocalpartMinLength int    `toml:"localpart_min_length"`
 	LocalpartMaxLength int    `toml:"localpart_max_length"`
-	PasswordMinLength  int    `toml:"password_min_length"`
-	PasswordScheme     string `toml:"password_scheme"` // "SHA512-CRYPT" or "ARGON2ID"
-	CountMessages      bool   `toml:"count_messages"`
+	// LocalpartPunctuation allows '.', '_' and '-' in new local parts,
+	// between two letters or digits; off, local parts are [a-z0-9] only.
+	LocalpartPunctuation bool `toml:"localpart_punctuation"`
+	PasswordMinLength    int  `toml:"password_min_length"`
+	// PasswordMaxLength caps every password doveauth looks at, in bytes:
+	// longer ones fail before anything is hashed (SHA512-CRYPT's cost grows
+	// with the square of the length).
+	PasswordMaxLength int    `toml:"password_max_length"`
+	PasswordScheme    string `toml:"password_scheme"` // "SHA512-CRYPT" or "ARGON2ID"
+	CountMessages     bool   `toml:"count_messages"`
+	// CreateBurst and CreatePerMinute limit account creation server-wide
+	// (per doveauth process) with a token bucket; CreatePerMinute 0 switches
+	// the limit off. Over the limit, a first login fails temporarily.
+	CreateBurst     int `toml:"create_burst"`
+	CreatePerMinute int `toml:"create_per_minute"`
+	// TombstoneKeyFile holds the secret key of the tombstones that deleted
+	// accounts leave (a keyed hash of the address, never the address). It
+	// is made, with random content and mode 0600, at first use.
+	TombstoneKeyFile string `toml:"tombstone_key_file"`
+	// TombstoneLifetime is how long a deleted address stays unavailable;
+	// 0 is forever.
+	TombstoneLifetime Duration `toml:"tombstone_lifetime"`
 	// MailboxesDir holds one home directory per account: <mailboxes_dir>/<address>.
 	MailboxesDir string `toml:"mailboxes_dir"`
 	// MailUser and MailGroup own the mail files; Dovecot gets them as uid/gid.
 	MailUser  string `toml:"mail_user"`
 	MailGroup string `toml:"mail_group"`
 }
+
+// MaxPasswordLength is the highest password_max_length allowed: even that
+// costs SHA512-CRYPT a few milliseconds per login.
+const MaxPasswordLength = 1024
 
 // Postgres says how to reach the account database.
 type Postgres struct {
@@ -107,8 +130,12 @@ func Defaults() Common {
 			LocalpartMinLength: 9,
 			LocalpartMaxLength: 9,
 			PasswordMinLength:  9,
+			PasswordMaxLength:  128,
 			PasswordScheme:     "SHA512-CRYPT",
 			CountMessages:      true,
+			CreateBurst:        10,
+			CreatePerMinute:    60,
+			TombstoneKeyFile:   "/var/lib/chatmail/tombstone.key",
 			MailboxesDir:       "/home/vmail/mail",
 			MailUser:           "vmail",
 			MailGroup:          "vmail",
@@ -219,6 +246,21 @@ func (c *Common) validate() error {
 	}
 	if a.PasswordMinLength < 1 {
 		return &Error{Key: "accounts.password_min_length", Msg: "must be at least 1"}
+	}
+	if a.PasswordMaxLength < a.PasswordMinLength || a.PasswordMaxLength > MaxPasswordLength {
+		return &Error{Key: "accounts.password_max_length", Msg: fmt.Sprintf("must be at least password_min_length and at most %d", MaxPasswordLength)}
+	}
+	if a.CreateBurst < 1 {
+		return &Error{Key: "accounts.create_burst", Msg: "must be at least 1"}
+	}
+	if a.CreatePerMinute < 0 {
+		return &Error{Key: "accounts.create_per_minute", Msg: "must be 0 (no limit) or more"}
+	}
+	if !strings.HasPrefix(a.TombstoneKeyFile, "/") {
+		return &Error{Key: "accounts.tombstone_key_file", Msg: "must be an absolute path"}
+	}
+	if a.TombstoneLifetime < 0 {
+		return &Error{Key: "accounts.tombstone_lifetime", Msg: "must be 0 (forever) or positive"}
 	}
 	switch a.PasswordScheme {
 	case "SHA512-CRYPT", "ARGON2ID":

@@ -1,8 +1,12 @@
 package config
 
 import (
+	"errors"
+	"os"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 type daemonSection struct {
@@ -77,5 +81,45 @@ func TestFileMode(t *testing.T) {
 	}
 	if err := m.UnmarshalText([]byte("999")); err == nil {
 		t.Error("999 accepted as a mode")
+	}
+}
+
+// chatmail.toml.example shows the defaults: parsed, it gives Defaults()
+// apart from what must be set (the domain and the DSN).
+func TestExampleShowsTheDefaults(t *testing.T) {
+	b, err := os.ReadFile("../../chatmail.toml.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Parse(string(b), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Defaults()
+	want.Mail = c.Mail
+	want.Postgres.DSN = c.Postgres.DSN
+	if !reflect.DeepEqual(*c, want) {
+		t.Errorf("the example's common sections differ from the defaults:\nexample  %+v\ndefaults %+v", *c, want)
+	}
+}
+
+func TestAccountLimits(t *testing.T) {
+	for _, c := range []struct{ text, key string }{
+		{"password_max_length = 8", "accounts.password_max_length"},
+		{"password_max_length = 1025", "accounts.password_max_length"},
+		{"create_burst = 0", "accounts.create_burst"},
+		{"create_per_minute = -1", "accounts.create_per_minute"},
+		{`tombstone_key_file = "key"`, "accounts.tombstone_key_file"},
+		{`tombstone_lifetime = "-1h"`, "accounts.tombstone_lifetime"},
+	} {
+		_, err := Parse("[mail]\ndomains = [\"a.b\"]\n[accounts]\n"+c.text, "", nil)
+		var ce *Error
+		if !errors.As(err, &ce) || ce.Key != c.key {
+			t.Errorf("%s: %v, want an error naming %s", c.text, err, c.key)
+		}
+	}
+	c, err := Parse("[mail]\ndomains = [\"a.b\"]\n[accounts]\ntombstone_lifetime = \"8760h\"\ncreate_per_minute = 0\nlocalpart_punctuation = true", "", nil)
+	if err != nil || c.Accounts.TombstoneLifetime.D() != 8760*time.Hour || c.Accounts.CreatePerMinute != 0 || !c.Accounts.LocalpartPunctuation {
+		t.Errorf("%+v %v", c, err)
 	}
 }

@@ -32,7 +32,8 @@ commands:
   stats                totals: accounts, blocked, active, storage
   block ADDRESS        refuse the account's logins (mail is kept)
   unblock ADDRESS      allow them again
-  delete ADDRESS       remove the account and all its mail
+  delete ADDRESS       remove the account and all its mail; the address
+                       cannot be registered again (tombstone_lifetime)
   nolog on|off|status  switch No-Log for every daemon, at once
 `
 
@@ -155,7 +156,13 @@ func run(cfg *config.Common, adm *adminConfig, args []string, out io.Writer) err
 		if err := adm.kick(addr); err != nil {
 			return fmt.Errorf("%s: blocked, not deleted: open IMAP sessions were not ended: %w", addr, err)
 		}
-		if err := store.Delete(ctx, addr); err != nil {
+		// The tombstone keeps the address from being registered again,
+		// by the abuser or by someone collecting its former owner's mail.
+		key, err := accounts.LoadTombstoneKey(cfg.Accounts.TombstoneKeyFile)
+		if err != nil {
+			return fmt.Errorf("%s: blocked, not deleted: %w", addr, err)
+		}
+		if err := store.Delete(ctx, addr, key.Hash(addr)); err != nil {
 			return fmt.Errorf("%s: %w", addr, err)
 		}
 		time.Sleep(accountdict.UserdbCacheTTL)
