@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"chatmail.dev/milter/mimescan"
 	"chatmail.dev/milter/pgpmime"
 	"chatmail.dev/milter/policy"
 	"chatmail.dev/sidecar/config"
@@ -61,7 +62,7 @@ func FuzzJudge(f *testing.F) {
 // the dash-boundary but is not exactly a delimiter: Delta Chat's parser
 // (mailparse) would start a part there that the judge did not see.
 func checkDelimiters(t *testing.T, contentType string, b []byte) {
-	_, params, err := pgpmime.ParseContentType(contentType)
+	_, params, err := mimescan.ParseContentType(contentType)
 	if err != nil {
 		t.Fatalf("accepted with Content-Type %q: %v", contentType, err)
 	}

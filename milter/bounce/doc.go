@@ -86,7 +86,7 @@
 //     queues, and the size bound is simplest on undecoded octets.
 //   - the parser-differential defences of pgpmime apply here too: a repeated
 //     top-level or part Content-Type, RFC 2231 or repeated parameters or
-//     quoted ';' (pgpmime.ParseContentType), a line starting with the
+//     quoted ';' (mimescan.ParseContentType), a line starting with the
 //     dash-boundary that is not exactly a delimiter (anywhere, the
 //     returned message included), the dash-boundary anywhere in the
 //     preamble, a delimiter after the close delimiter, a header field name

@@ -1,6 +1,10 @@
 package bounce
 
-import "bytes"
+import (
+	"bytes"
+
+	"chatmail.dev/milter/mimescan"
+)
 
 // Delivery-status fields (RFC 3464 2.2, 2.3) that this package knows. Each
 // has a bit in a block's seen mask.
@@ -85,7 +89,7 @@ func (d *dsn) line(l []byte) error {
 		return err
 	}
 	k, v, ok := bytes.Cut(l, []byte(":"))
-	if !ok || !validName(k) || len(l) > MaxStatusField {
+	if !ok || !mimescan.FieldName(k) || len(l) > MaxStatusField {
 		return ErrStatusFields
 	}
 	if !d.inBlock {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"chatmail.dev/milter/mimescan"
 	"chatmail.dev/milter/pgpmime"
 )
 
@@ -47,8 +48,6 @@ const (
 	// version part and armor headers).
 	MaxReadable = MaxTotal
 )
-
-const maxFieldName = 76 // longest header or delivery-status field name accepted
 
 // Reasons a body is not an acceptable bounce. They are for logs and tests.
 var (
@@ -99,7 +98,7 @@ type Judge struct {
 	done bool  // the verdict cannot change any more
 
 	boundary []byte // "--" and the boundary
-	carry    []byte // start of a line split across writes
+	lines    mimescan.Lines
 
 	st        state
 	parts     int
@@ -120,7 +119,6 @@ type Judge struct {
 // Content-Type (ErrContentType).
 func NewJudge() *Judge {
 	j := &Judge{
-		carry: make([]byte, 0, MaxLine),
 		buf:   make([]byte, 0, MaxReturnedHeader),
 		inner: pgpmime.NewJudge(nil, nil),
 	}
@@ -133,13 +131,14 @@ func NewJudge() *Judge {
 // transferEncodings every top-level Content-Transfer-Encoding value, as
 // pgpmime.NewJudge takes them.
 func (j *Judge) Reset(contentTypes, transferEncodings []string) {
-	*j = Judge{carry: j.carry[:0], buf: j.buf[:0], boundary: j.boundary[:0], inner: j.inner,
+	*j = Judge{lines: j.lines, buf: j.buf[:0], boundary: j.boundary[:0], inner: j.inner,
 		dsn: dsn{name: j.dsn.name[:0], value: j.dsn.value[:0]}}
+	j.lines.Reset()
 	if len(contentTypes) != 1 {
 		j.fail(ErrContentType)
 		return
 	}
-	mt, params, err := pgpmime.ParseContentType(contentTypes[0])
+	mt, params, err := mimescan.ParseContentType(contentTypes[0])
 	if err != nil {
 		j.fail(ErrContentType)
 		return
@@ -157,7 +156,7 @@ func (j *Judge) Reset(contentTypes, transferEncodings []string) {
 		return
 	}
 	b := params["boundary"]
-	if !validBoundary(b) {
+	if !mimescan.ValidBoundary(b) {
 		j.fail(ErrContentType)
 		return
 	}
@@ -182,58 +181,22 @@ func identityEncoding(values []string, binary bool) bool {
 	return false
 }
 
-// validBoundary reports whether b is a boundary as RFC 2046 5.1.1 defines
-// it: 1 to 70 bchars, not ending in a space.
-func validBoundary(b string) bool {
-	if b == "" || len(b) > pgpmime.MaxBoundary || b[len(b)-1] == ' ' {
-		return false
-	}
-	for i := 0; i < len(b); i++ {
-		c := b[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("'()+_,-./:=? ", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
 // Size is the number of body bytes written since Reset.
 func (j *Judge) Size() int64 { return j.size }
 
 // Write consumes the next chunk of the body. It never fails.
 func (j *Judge) Write(p []byte) (int, error) {
-	n := len(p)
-	j.size += int64(n)
-	for len(p) > 0 && !j.done {
-		i := bytes.IndexByte(p, '\n')
-		if i < 0 {
-			if len(j.carry)+len(p) > MaxLine {
-				j.fail(ErrLine)
-				break
-			}
-			j.carry = append(j.carry, p...)
-			break
-		}
-		line := p[:i+1]
-		p = p[i+1:]
-		if len(j.carry) > 0 {
-			if len(j.carry)+len(line) > MaxLine {
-				j.fail(ErrLine)
-				break
-			}
-			j.carry = append(j.carry, line...)
-			line = j.carry
-		} else if len(line) > MaxLine {
-			j.fail(ErrLine)
-			break
-		}
-		j.line(line)
-		j.carry = j.carry[:0]
+	j.size += int64(len(p))
+	if !j.done && !j.lines.Split(p, j.lineMore) {
+		j.fail(ErrLine)
 	}
-	return n, nil
+	return len(p), nil
+}
+
+// lineMore handles a line and reports whether more are wanted.
+func (j *Judge) lineMore(l []byte) bool {
+	j.line(l)
+	return !j.done
 }
 
 func (j *Judge) fail(err error) {
@@ -247,10 +210,9 @@ func (j *Judge) fail(err error) {
 // bounce body, and otherwise the reason it is not; the error wraps one of
 // the Err values (ErrReturnedBody also wraps the pgpmime reason).
 func (j *Judge) Close() error {
-	if !j.done && len(j.carry) > 0 {
+	if rest := j.lines.Rest(); !j.done && len(rest) > 0 {
 		// The body did not end with a line terminator.
-		j.line(j.carry)
-		j.carry = j.carry[:0]
+		j.line(rest)
 	}
 	switch {
 	case j.err != nil:
@@ -265,13 +227,13 @@ func (j *Judge) Close() error {
 
 // line handles one complete line, terminator included.
 func (j *Judge) line(l []byte) {
-	body := trimEOL(l)
+	body := mimescan.TrimEOL(l)
 	if bytes.IndexByte(body, '\r') >= 0 || bytes.IndexByte(body, 0) >= 0 {
 		// Parsers disagree on whether a bare CR ends a line.
 		j.fail(ErrLine)
 		return
 	}
-	d, closing, bad := j.delimiter(l)
+	d, closing, bad := mimescan.Delimiter(l, j.boundary)
 	if bad {
 		// Delta Chat's MIME parser starts a part at any line that starts
 		// with the dash-boundary, whatever follows it.
@@ -330,34 +292,13 @@ func (j *Judge) line(l []byte) {
 	}
 }
 
-// delimiter reports whether l is a boundary delimiter line, and whether it
-// is the close delimiter (RFC 2046 5.1.1; transport padding allowed). bad
-// reports a line that starts with the dash-boundary but is neither.
-func (j *Judge) delimiter(l []byte) (d, closing, bad bool) {
-	b := j.boundary
-	if len(l) < len(b) || l[0] != '-' || !bytes.Equal(l[:len(b)], b) {
-		return false, false, false
-	}
-	rest := trimEOL(l[len(b):])
-	closing = len(rest) >= 2 && rest[0] == '-' && rest[1] == '-'
-	if closing {
-		rest = rest[2:]
-	}
-	for _, c := range rest {
-		if c != ' ' && c != '\t' {
-			return false, false, true
-		}
-	}
-	return true, closing, false
-}
-
 // beginPart checks the collected part header against the part's position.
 func (j *Judge) beginPart() {
 	j.st = stPartBody
 	j.bodyBytes, j.lastEOL, j.inBody = 0, 0, false
 	var ct, cte, desc, disp int
 	var ctv, ctev string
-	ok := eachField(j.buf, func(name, value []byte) bool {
+	ok := mimescan.EachField(j.buf, func(name, value []byte) bool {
 		switch {
 		case equalFold(name, "Content-Type"):
 			ct++
@@ -383,7 +324,7 @@ func (j *Judge) beginPart() {
 	mt, params := "text/plain", map[string]string(nil)
 	if ct == 1 {
 		var err error
-		if mt, params, err = pgpmime.ParseContentType(ctv); err != nil {
+		if mt, params, err = mimescan.ParseContentType(ctv); err != nil {
 			j.fail(ErrPartHeader)
 			return
 		}
@@ -493,7 +434,7 @@ func (j *Judge) headerLine(l, body []byte) {
 // judging its body.
 func (j *Judge) startInner() {
 	var ct, cte []string
-	ok := eachField(j.buf, func(name, value []byte) bool {
+	ok := mimescan.EachField(j.buf, func(name, value []byte) bool {
 		switch {
 		case equalFold(name, "Content-Type"):
 			ct = append(ct, string(value))
@@ -529,7 +470,7 @@ func (j *Judge) endPart() {
 			j.fail(err)
 		}
 	case kHeaders:
-		if len(j.buf) == 0 || !eachField(j.buf, func(_, _ []byte) bool { return true }) {
+		if len(j.buf) == 0 || !mimescan.EachField(j.buf, func(_, _ []byte) bool { return true }) {
 			j.fail(ErrReturnedHeader)
 		}
 	case kMessage:
@@ -541,16 +482,6 @@ func (j *Judge) endPart() {
 			j.fail(fmt.Errorf("%w: %w", ErrReturnedBody, res.Encrypted))
 		}
 	}
-}
-
-func trimEOL(l []byte) []byte {
-	if n := len(l); n > 0 && l[n-1] == '\n' {
-		l = l[:n-1]
-		if n := len(l); n > 0 && l[n-1] == '\r' {
-			l = l[:n-1]
-		}
-	}
-	return l
 }
 
 func equalFold(b []byte, s string) bool {
@@ -572,58 +503,6 @@ func equalFold(b []byte, s string) bool {
 	return true
 }
 
-// validName reports whether b is a field name as accepted here: RFC 5322
-// ftext (printable ASCII but ':'), starting with a letter or digit (a name
-// starting with '-' could be a mangled delimiter), at most maxFieldName.
-func validName(b []byte) bool {
-	if len(b) == 0 || len(b) > maxFieldName || !isAlnum(b[0]) {
-		return false
-	}
-	for _, c := range b {
-		if c <= ' ' || c >= 0x7f || c == ':' {
-			return false
-		}
-	}
-	return true
-}
-
 func isAlnum(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
-}
-
-// eachField calls fn for each field of a header section (lines with their
-// terminators), unfolded. It reports false for a line that is neither a
-// field nor a continuation, for an invalid name, or when fn does.
-func eachField(h []byte, fn func(name, value []byte) bool) bool {
-	var name, value []byte
-	var tmp [512]byte
-	flush := func() bool {
-		return name == nil || fn(name, bytes.TrimSpace(value))
-	}
-	for len(h) > 0 {
-		i := bytes.IndexByte(h, '\n')
-		l := h
-		if i >= 0 {
-			l, h = h[:i+1], h[i+1:]
-		} else {
-			h = nil
-		}
-		l = trimEOL(l)
-		if len(l) > 0 && (l[0] == ' ' || l[0] == '\t') {
-			if name == nil {
-				return false
-			}
-			value = append(append(value, ' '), bytes.TrimSpace(l)...)
-			continue
-		}
-		if !flush() {
-			return false
-		}
-		k, v, ok := bytes.Cut(l, []byte(":"))
-		if !ok || !validName(k) {
-			return false
-		}
-		name, value = k, append(tmp[:0], v...)
-	}
-	return flush()
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"chatmail.dev/milter/internal/testmsg"
 	"chatmail.dev/milter/pgpmime"
 )
 
@@ -18,28 +19,7 @@ const fixtureDir = "../testdata/bounces"
 
 // splitMessage splits a raw message into its top-level header values and body.
 func splitMessage(t testing.TB, raw []byte) (ct, cte []string, body []byte) {
-	t.Helper()
-	i := bytes.Index(raw, []byte("\r\n\r\n"))
-	n := 4
-	if j := bytes.Index(raw, []byte("\n\n")); i < 0 || (j >= 0 && j < i) {
-		i, n = j, 2
-	}
-	if i < 0 {
-		t.Fatal("no header/body separator")
-	}
-	ok := eachField(raw[:i+n/2], func(name, value []byte) bool {
-		switch {
-		case equalFold(name, "Content-Type"):
-			ct = append(ct, string(value))
-		case equalFold(name, "Content-Transfer-Encoding"):
-			cte = append(cte, string(value))
-		}
-		return true
-	})
-	if !ok {
-		t.Fatal("bad header")
-	}
-	return ct, cte, raw[i+n:]
+	return testmsg.Split(t, raw)
 }
 
 // judgeSplit judges body written in chunks of the sizes next returns.
@@ -195,7 +175,7 @@ const (
 		"Final-Recipient: rfc822; bob@chat.example\r\nAction: failed\r\nStatus: 5.2.2\r\n" +
 		"Diagnostic-Code: smtp; 552 5.2.2 Quota exceeded\r\n"
 	okHeaders = "From: <alice@chat.example>\r\nTo: <bob@chat.example>\r\nSubject: [...]\r\n" +
-		"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\";\r\n\tboundary=\"E\"\r\n"
+		"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\";\r\n\tboundary=\"ENCRYPTED\"\r\n"
 )
 
 func TestRules(t *testing.T) {
@@ -393,60 +373,10 @@ func TestTotal(t *testing.T) {
 	}
 }
 
-// encrypted returns a PGP/MIME message (header and body) with a PKESK v3
-// and a SEIPD v1 in 8 KiB partial body chunks, of about size bytes. The
-// judge does not decrypt, so random packet bodies do.
+// encrypted returns a PGP/MIME message (header and body) of about size
+// bytes.
 func encrypted(size int) string {
-	rnd := rand.New(rand.NewPCG(9, 9))
-	randBytes := func(n int) []byte {
-		b := make([]byte, n)
-		for i := range b {
-			b[i] = byte(rnd.Uint32())
-		}
-		return b
-	}
-	var pkts bytes.Buffer
-	pkts.Write([]byte{0xc1, 94, 3})
-	pkts.Write(randBytes(8))
-	pkts.Write([]byte{18, 0x01, 0x07, 0x40})
-	pkts.Write(randBytes(32))
-	pkts.WriteByte(48)
-	pkts.Write(randBytes(48))
-	data := max(size*3/4-100, 64)
-	pkts.WriteByte(0xd2)
-	first := true
-	for data >= 8192 {
-		pkts.WriteByte(0xe0 | 13)
-		chunk := randBytes(8192)
-		if first {
-			chunk[0] = 1
-			first = false
-		}
-		pkts.Write(chunk)
-		data -= 8192
-	}
-	tail := randBytes(data)
-	if first {
-		tail[0] = 1
-	}
-	if data < 192 {
-		pkts.WriteByte(byte(data))
-	} else {
-		pkts.Write([]byte{255, byte(data >> 24), byte(data >> 16), byte(data >> 8), byte(data)})
-	}
-	pkts.Write(tail)
-	var b strings.Builder
-	b.WriteString(okHeaders + "\r\n")
-	b.WriteString("--E\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n")
-	b.WriteString("--E\r\nContent-Type: application/octet-stream; name=\"encrypted.asc\"\r\n\r\n")
-	b.WriteString("-----BEGIN PGP MESSAGE-----\r\n\r\n")
-	enc := base64.StdEncoding.EncodeToString(pkts.Bytes())
-	for len(enc) > 64 {
-		b.WriteString(enc[:64] + "\r\n")
-		enc = enc[64:]
-	}
-	b.WriteString(enc + "\r\n-----END PGP MESSAGE-----\r\n\r\n--E--\r\n")
-	return b.String()
+	return okHeaders + string(testmsg.EncryptedBody(size))
 }
 
 func TestReturnedEncrypted(t *testing.T) {

@@ -3,6 +3,8 @@ package pgpmime
 import (
 	"bytes"
 	"errors"
+
+	"chatmail.dev/milter/mimescan"
 )
 
 // Reasons an armored block is refused.
@@ -80,7 +82,7 @@ func (a *armor) reset() {
 
 // line handles one line of the part body, terminator included.
 func (a *armor) line(l []byte) error {
-	l = trimEOL(l)
+	l = mimescan.TrimEOL(l)
 	// RFC 9580 6.2 tells readers to ignore trailing whitespace; a writer
 	// has no reason to put any there, so it could only be a covert channel.
 	if n := len(l); n > 0 && (l[n-1] == ' ' || l[n-1] == '\t') {

@@ -1,69 +1,15 @@
 package pgpmime
 
 import (
-	"bytes"
-	"encoding/base64"
-	"math/rand/v2"
 	"runtime"
 	"testing"
+
+	"chatmail.dev/milter/internal/testmsg"
 )
 
-// synthetic builds a PGP/MIME body whose packets are a PKESK v3 and a SEIPD v1
-// with 8 KiB partial body chunks, of about size bytes. The judge does not
-// decrypt, so random packet bodies are as good as real ones.
+// synthetic builds a PGP/MIME body of about size bytes.
 func synthetic(size int) (ct []string, body []byte) {
-	rnd := rand.New(rand.NewPCG(9, 9))
-	randBytes := func(n int) []byte {
-		b := make([]byte, n)
-		for i := range b {
-			b[i] = byte(rnd.Uint32())
-		}
-		return b
-	}
-	var pkts bytes.Buffer
-	// PKESK v3, ECDH: key ID, a 263-bit point MPI, a 48-byte wrapped key.
-	pkts.Write([]byte{0xc1, 94, 3})
-	pkts.Write(randBytes(8))
-	pkts.Write([]byte{18, 0x01, 0x07, 0x40})
-	pkts.Write(randBytes(32))
-	pkts.WriteByte(48)
-	pkts.Write(randBytes(48))
-	data := max(size*3/4-100, 64)
-	pkts.WriteByte(0xd2)
-	first := true
-	for data >= 8192 {
-		pkts.WriteByte(0xe0 | 13)
-		chunk := randBytes(8192)
-		if first {
-			chunk[0] = 1
-			first = false
-		}
-		pkts.Write(chunk)
-		data -= 8192
-	}
-	tail := randBytes(data)
-	if first {
-		tail[0] = 1
-	}
-	if data < 192 {
-		pkts.WriteByte(byte(data))
-	} else {
-		pkts.Write([]byte{255, byte(data >> 24), byte(data >> 16), byte(data >> 8), byte(data)})
-	}
-	pkts.Write(tail)
-
-	var b bytes.Buffer
-	b.WriteString("\r\n--BOUNDARY\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n")
-	b.WriteString("--BOUNDARY\r\nContent-Type: application/octet-stream; name=\"encrypted.asc\"\r\n\r\n")
-	b.WriteString("-----BEGIN PGP MESSAGE-----\r\n\r\n")
-	enc := base64.StdEncoding.EncodeToString(pkts.Bytes())
-	for len(enc) > 64 {
-		b.WriteString(enc[:64])
-		b.WriteString("\r\n")
-		enc = enc[64:]
-	}
-	b.WriteString(enc + "\r\n-----END PGP MESSAGE-----\r\n\r\n--BOUNDARY--\r\n")
-	return []string{`multipart/encrypted; protocol="application/pgp-encrypted"; boundary="BOUNDARY"`}, b.Bytes()
+	return []string{testmsg.EncryptedContentType}, testmsg.EncryptedBody(size)
 }
 
 func TestSynthetic(t *testing.T) {

@@ -73,7 +73,7 @@
 //   - Content-Type parameters: Go's parser understands quoting and RFC 2231
 //     ("boundary*" overrides "boundary"), mailparse does not. A value with
 //     an RFC 2231 parameter, a repeated parameter, or a quoted string
-//     holding ';', '"' or '\' is refused (ParseContentType), top level and
+//     holding ';', '"' or '\' is refused (mimescan.ParseContentType), top level and
 //     in parts, and the boundary must be RFC 2046 bchars, at most 70.
 //   - a legacy-format indeterminate length, a marker packet (tag 10) and
 //     symmetrically encrypted data without integrity (tag 9) were already

@@ -51,8 +51,8 @@ func TestLongLine(t *testing.T) {
 	for range 100 {
 		j.Write(chunk)
 	}
-	if cap(j.carry) > MaxLine {
-		t.Fatalf("carry grew to %d", cap(j.carry))
+	if c := j.lines.Cap(); c > MaxLine {
+		t.Fatalf("line buffer grew to %d", c)
 	}
 	if res := j.Close(); res.Size != 100*64<<10 || res.SoleText != "" {
 		t.Fatalf("unexpected %+v", res)

@@ -4,13 +4,14 @@ import (
 	"bytes"
 	"errors"
 	"strings"
+
+	"chatmail.dev/milter/mimescan"
 )
 
 // Limits that bound both memory and the cleartext a passing message can carry.
 const (
-	// MaxLine is the longest line the scanner keeps, terminator included
-	// (RFC 5322 2.1.1: 998 characters plus CRLF).
-	MaxLine = 1000
+	// MaxLine is the longest line the scanner keeps, terminator included.
+	MaxLine = mimescan.MaxLine
 	// MaxPreamble bounds the preamble and, separately, the epilogue.
 	MaxPreamble = 256
 	// MaxPartHeader bounds a part's header section; what clients write
@@ -19,8 +20,6 @@ const (
 	// MaxSoleText bounds the body of a sole text part that Result.SoleText reports.
 	MaxSoleText    = 256
 	maxVersionBody = 64
-	// MaxBoundary is the longest boundary RFC 2046 5.1.1 allows.
-	MaxBoundary = 70
 )
 
 // Reasons a message is not encrypted. They are for logs and tests; the reply
@@ -90,8 +89,7 @@ type Judge struct {
 	err  error
 
 	boundary []byte // "--" and the boundary
-	carry    []byte // start of a line split across writes
-	long     bool   // inside an overlong line
+	lines    mimescan.Lines
 
 	st        mimeState
 	parts     int
@@ -109,7 +107,7 @@ type Judge struct {
 // transferEncodings every Content-Transfer-Encoding value. A judge can be
 // used for further messages with Reset, which keeps its buffers.
 func NewJudge(contentTypes, transferEncodings []string) *Judge {
-	j := &Judge{carry: make([]byte, 0, MaxLine), hdr: make([]byte, 0, MaxPartHeader)}
+	j := &Judge{hdr: make([]byte, 0, MaxPartHeader)}
 	j.Reset(contentTypes, transferEncodings)
 	return j
 }
@@ -117,7 +115,8 @@ func NewJudge(contentTypes, transferEncodings []string) *Judge {
 // Reset prepares j for a new message, reusing its buffers; it is as good as
 // a new judge from NewJudge.
 func (j *Judge) Reset(contentTypes, transferEncodings []string) {
-	*j = Judge{carry: j.carry[:0], hdr: j.hdr[:0], text: j.text[:0], boundary: j.boundary[:0]}
+	*j = Judge{lines: j.lines, hdr: j.hdr[:0], text: j.text[:0], boundary: j.boundary[:0]}
+	j.lines.Reset()
 	j.armor.reset()
 	j.done = true
 	if len(contentTypes) != 1 {
@@ -128,7 +127,7 @@ func (j *Judge) Reset(contentTypes, transferEncodings []string) {
 		}
 		return
 	}
-	mt, params, err := ParseContentType(contentTypes[0])
+	mt, params, err := mimescan.ParseContentType(contentTypes[0])
 	if err != nil {
 		j.res.Encrypted = ErrContentType
 		return
@@ -153,7 +152,7 @@ func (j *Judge) Reset(contentTypes, transferEncodings []string) {
 		return
 	}
 	b := params["boundary"]
-	if !validBoundary(b) {
+	if !mimescan.ValidBoundary(b) {
 		j.res.Encrypted = ErrContentType
 		return
 	}
@@ -179,49 +178,19 @@ func identityEncoding(values []string) bool {
 
 // Write consumes the next chunk of the body. It never fails.
 func (j *Judge) Write(p []byte) (int, error) {
-	n := len(p)
-	j.res.Size += int64(n)
-	for len(p) > 0 && !j.done {
-		i := bytes.IndexByte(p, '\n')
-		if j.long {
-			if i < 0 {
-				break
-			}
-			j.long = false
-			p = p[i+1:]
-			continue
-		}
-		if i < 0 {
-			if len(j.carry)+len(p) > MaxLine {
-				j.overlong()
-				break
-			}
-			j.carry = append(j.carry, p...)
-			break
-		}
-		line := p[:i+1]
-		p = p[i+1:]
-		if len(j.carry) > 0 {
-			if len(j.carry)+len(line) > MaxLine {
-				j.overlong()
-				break
-			}
-			j.carry = append(j.carry, line...)
-			line = j.carry
-		} else if len(line) > MaxLine {
-			j.overlong()
-			break
-		}
-		j.line(line)
-		j.carry = j.carry[:0]
+	j.res.Size += int64(len(p))
+	if !j.done && !j.lines.Split(p, j.lineMore) {
+		// No line of the structures accepted here can be this long, so
+		// the positive verdicts are out of reach: stop looking.
+		j.fail(ErrLongLine)
 	}
-	return n, nil
+	return len(p), nil
 }
 
-func (j *Judge) overlong() {
-	// No line of the structures accepted here can be this long, so the
-	// positive verdicts are out of reach: stop looking.
-	j.fail(ErrLongLine)
+// lineMore handles a line and reports whether more are wanted.
+func (j *Judge) lineMore(l []byte) bool {
+	j.line(l)
+	return !j.done
 }
 
 func (j *Judge) fail(err error) {
@@ -233,7 +202,7 @@ func (j *Judge) fail(err error) {
 
 // line handles one complete line, terminator included.
 func (j *Judge) line(l []byte) {
-	d, closing, bad := j.delimiter(l)
+	d, closing, bad := mimescan.Delimiter(l, j.boundary)
 	if bad {
 		// Delta Chat's MIME parser (mailparse) splits parts at any line
 		// that starts with the dash-boundary, whatever follows it.
@@ -275,7 +244,7 @@ func (j *Judge) line(l []byte) {
 			j.edgeText = true
 		}
 	case stPartHeader:
-		if len(trimEOL(l)) == 0 {
+		if len(mimescan.TrimEOL(l)) == 0 {
 			j.beginPart()
 			return
 		}
@@ -287,27 +256,6 @@ func (j *Judge) line(l []byte) {
 	case stPartBody:
 		j.partLine(l)
 	}
-}
-
-// delimiter reports whether l is a boundary delimiter line, and whether it
-// is the close delimiter (RFC 2046 5.1.1; transport padding allowed). bad
-// reports a line that starts with the dash-boundary but is neither.
-func (j *Judge) delimiter(l []byte) (d, closing, bad bool) {
-	b := j.boundary
-	if len(l) < len(b) || l[0] != '-' || !bytes.Equal(l[:len(b)], b) {
-		return false, false, false
-	}
-	rest := trimEOL(l[len(b):])
-	closing = len(rest) >= 2 && rest[0] == '-' && rest[1] == '-'
-	if closing {
-		rest = rest[2:]
-	}
-	for _, c := range rest {
-		if c != ' ' && c != '\t' {
-			return false, false, true
-		}
-	}
-	return true, closing, false
 }
 
 // partDescriptions are the Content-Description values OpenPGP clients
@@ -329,7 +277,7 @@ type partFields struct {
 func (j *Judge) beginPart() {
 	j.st = stPartBody
 	var f partFields
-	ok := eachField(j.hdr, func(name, value []byte) {
+	ok := mimescan.EachField(j.hdr, func(name, value []byte) bool {
 		v := string(value)
 		switch {
 		case bytes.EqualFold(name, []byte("Content-Type")):
@@ -345,12 +293,13 @@ func (j *Judge) beginPart() {
 		default:
 			f.other = true
 		}
+		return true
 	})
 	if !ok || len(f.ct) != 1 {
 		j.fail(ErrPartHeader)
 		return
 	}
-	mt, params, err := ParseContentType(f.ct[0])
+	mt, params, err := mimescan.ParseContentType(f.ct[0])
 	if err != nil {
 		j.fail(ErrPartHeader)
 		return
@@ -363,7 +312,7 @@ func (j *Judge) beginPart() {
 			onlyParams(params, "charset", "format", "delsp") && optToken(params, "charset", 16) &&
 			oneOf(params, "format", "flowed", "fixed") && oneOf(params, "delsp", "yes", "no") &&
 			(len(f.cte) == 0 || len(f.cte) == 1 && soleTextEncoding(f.cte[0])) &&
-			(len(f.msgID) == 0 || len(f.msgID) == 1 && validMsgID(f.msgID[0]))
+			(len(f.msgID) == 0 || len(f.msgID) == 1 && mimescan.MsgID(f.msgID[0]))
 		if !j.partOK {
 			j.done = true // cannot be a sole text part; nothing else to learn
 		}
@@ -406,7 +355,7 @@ func encryptedPartHeader(f partFields, params map[string]string) bool {
 		return false
 	}
 	if len(f.disp) == 1 {
-		d, dp, err := ParseContentType(f.disp[0])
+		d, dp, err := mimescan.ParseContentType(f.disp[0])
 		if err != nil || (d != "inline" && d != "attachment") || !onlyParams(dp, "filename") || !optToken(dp, "filename", 32) {
 			return false
 		}
@@ -444,7 +393,7 @@ func oneOf(params map[string]string, name string, values ...string) bool {
 // most max bytes.
 func optToken(params map[string]string, name string, max int) bool {
 	v, ok := params[name]
-	return !ok || Token(v, max)
+	return !ok || mimescan.Token(v, max)
 }
 
 // partLine handles a line of a part body.
@@ -500,10 +449,9 @@ func (j *Judge) endPart() {
 
 // Close returns the verdict on everything written since Reset.
 func (j *Judge) Close() Result {
-	if !j.done && len(j.carry) > 0 {
+	if rest := j.lines.Rest(); !j.done && len(rest) > 0 {
 		// The body did not end with a line terminator.
-		j.line(j.carry)
-		j.carry = j.carry[:0]
+		j.line(rest)
 	}
 	r := j.res
 	switch j.mode {
@@ -526,54 +474,6 @@ func (j *Judge) Close() Result {
 		}
 	}
 	return r
-}
-
-func trimEOL(l []byte) []byte {
-	if n := len(l); n > 0 && l[n-1] == '\n' {
-		l = l[:n-1]
-		if n := len(l); n > 0 && l[n-1] == '\r' {
-			l = l[:n-1]
-		}
-	}
-	return l
-}
-
-// eachField calls fn for each field of a header section (lines with their
-// terminators), unfolded. It reports false for a line that is neither a
-// field nor a continuation.
-func eachField(h []byte, fn func(name, value []byte)) bool {
-	var name, value []byte
-	flush := func() {
-		if name != nil {
-			fn(name, bytes.TrimSpace(value))
-		}
-	}
-	for len(h) > 0 {
-		i := bytes.IndexByte(h, '\n')
-		l := h
-		if i >= 0 {
-			l, h = h[:i+1], h[i+1:]
-		} else {
-			h = nil
-		}
-		l = trimEOL(l)
-		if len(l) > 0 && (l[0] == ' ' || l[0] == '\t') {
-			if name == nil {
-				return false
-			}
-			value = append(append(value, ' '), bytes.TrimSpace(l)...)
-			continue
-		}
-		flush()
-		k, v, ok := bytes.Cut(l, []byte(":"))
-		// A name starting with '-' could be a mangled delimiter.
-		if !ok || len(k) == 0 || k[0] == '-' || bytes.ContainsAny(k, " \t") {
-			return false
-		}
-		name, value = k, append([]byte(nil), v...)
-	}
-	flush()
-	return true
 }
 
 // Params are the top-level Content-Type parameters, known from Reset on.

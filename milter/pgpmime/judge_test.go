@@ -4,36 +4,17 @@ import (
 	"bytes"
 	"errors"
 	"math/rand/v2"
-	"net/textproto"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"chatmail.dev/milter/internal/testmsg"
 )
 
 // splitMessage splits a raw message into its top-level header values and body.
 func splitMessage(t testing.TB, raw []byte) (ct, cte []string, body []byte) {
-	t.Helper()
-	i := bytes.Index(raw, []byte("\r\n\r\n"))
-	n := 4
-	if j := bytes.Index(raw, []byte("\n\n")); i < 0 || (j >= 0 && j < i) {
-		i, n = j, 2
-	}
-	if i < 0 {
-		t.Fatal("no header/body separator")
-	}
-	ok := eachField(raw[:i+n/2], func(name, value []byte) {
-		switch textproto.CanonicalMIMEHeaderKey(string(name)) {
-		case "Content-Type":
-			ct = append(ct, string(value))
-		case "Content-Transfer-Encoding":
-			cte = append(cte, string(value))
-		}
-	})
-	if !ok {
-		t.Fatal("bad header")
-	}
-	return ct, cte, raw[i+n:]
+	return testmsg.Split(t, raw)
 }
 
 // judge runs the judge over body in chunks of random size.

@@ -3,6 +3,8 @@ package policy
 import (
 	"net/mail"
 	"strings"
+
+	"chatmail.dev/milter/mimescan"
 )
 
 // normalize returns addr with angle brackets and surrounding space removed
@@ -66,28 +68,8 @@ func sameAddress(a, b string) bool { return a != "" && strings.EqualFold(a, b) }
 // hack, bang path, source route) or routed by an address literal.
 func plainAddress(addr string) bool {
 	local, domain, ok := strings.Cut(addr, "@")
-	if !ok || !dotAtom(local, "#$&'*+-/=?^_`{|}~") || !dotAtom(domain, "-") {
-		return false
-	}
-	return true
-}
-
-// dotAtom reports whether s is dot-separated non-empty runs of letters,
-// digits and the given extra characters.
-func dotAtom(s, extra string) bool {
-	if s == "" {
-		return false
-	}
-	for _, label := range strings.Split(s, ".") {
-		if label == "" {
-			return false
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(extra, c) >= 0) {
-				return false
-			}
-		}
-	}
-	return true
+	return ok && mimescan.DotAtom(local) && !strings.ContainsAny(local, "%!") &&
+		mimescan.DotAtom(domain) && !strings.ContainsFunc(domain, func(r rune) bool {
+		return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-' || r == '.')
+	})
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"chatmail.dev/milter/bounce"
+	"chatmail.dev/milter/mimescan"
 	"chatmail.dev/milter/pgpmime"
 )
 
@@ -24,7 +25,7 @@ func maxHeaderFields(from, boundary string) string {
 		}
 		to = append(to, "<"+local(i)+"@"+domain+">")
 	}
-	id := func(c string) string { return "<" + strings.Repeat(c, pgpmime.MaxMsgID-len("<@x.org>")) + "@x.org>" }
+	id := func(c string) string { return "<" + strings.Repeat(c, mimescan.MaxMsgID-len("<@x.org>")) + "@x.org>" }
 	var refs []string
 	for i := range MaxReferences {
 		refs = append(refs, id(string(rune('a'+i))))
@@ -50,7 +51,7 @@ func maxHeaderFields(from, boundary string) string {
 func TestReadableBudget(t *testing.T) {
 	e := testEngine(t, nil)
 	from := strings.Repeat("f", maxLocalPart) + "@chat.example"
-	boundary := strings.Repeat("B", pgpmime.MaxBoundary)
+	boundary := strings.Repeat("B", mimescan.MaxBoundary)
 	edge := strings.Repeat("p", pgpmime.MaxPreamble-2) + "\r\n"
 
 	enc := fixture(t, "enc-v4.eml")
@@ -73,7 +74,7 @@ func TestReadableBudget(t *testing.T) {
 	secureJoin := maxHeaderFields(from, boundary) + "Secure-Join: vc-request\r\n" +
 		"Content-Type: multipart/mixed; boundary=\"" + boundary + "\"\r\n\r\n" +
 		"--" + boundary + "\r\nContent-Type: text/plain; charset=" + strings.Repeat("c", 16) + "\r\n" +
-		"Message-ID: <" + strings.Repeat("s", pgpmime.MaxMsgID-len("<@x.org>")) + "@x.org>\r\n" +
+		"Message-ID: <" + strings.Repeat("s", mimescan.MaxMsgID-len("<@x.org>")) + "@x.org>\r\n" +
 		"Content-Transfer-Encoding: 7bit\r\n\r\nSecure-Join: vc-request\r\n--" + boundary + "--\r\n"
 
 	report, err := os.ReadFile("../testdata/bounces/ok-postfix-lmtp-unknown-and-quota.eml")

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"chatmail.dev/milter/bounce"
-	"chatmail.dev/milter/pgpmime"
+	"chatmail.dev/milter/mimescan"
 )
 
 // The header policy: every field of a chatmail message that reaches a
@@ -212,14 +212,14 @@ func date(_ *Txn, v string) (string, bool) {
 
 func msgIDs(max int) fieldRule {
 	return func(_ *Txn, v string) (string, bool) {
-		ids, ok := pgpmime.ParseMsgIDs(v, max)
+		ids, ok := mimescan.ParseMsgIDs(v, max)
 		return strings.Join(ids, " "), ok
 	}
 }
 
 func token(_ *Txn, v string) (string, bool) {
 	v = strings.TrimSpace(v)
-	return v, pgpmime.Token(v, MaxToken)
+	return v, mimescan.Token(v, MaxToken)
 }
 
 // contentTypeParams lists, per top-level media type, the parameters kept.
@@ -235,7 +235,7 @@ var contentTypeParams = map[string][]string{
 // differently, so the parameters parsed here are the ones it used.
 func contentType(_ *Txn, v string) (string, bool) {
 	v = strings.TrimSpace(v)
-	mt, params, err := pgpmime.ParseContentType(v)
+	mt, params, err := mimescan.ParseContentType(v)
 	keep := contentTypeParams[mt]
 	if err != nil || keep == nil || onlyParams(params, keep) {
 		return v, true

@@ -1,4 +1,4 @@
-package pgpmime
+package mimescan
 
 import (
 	"errors"
@@ -8,7 +8,7 @@ import (
 
 // ErrAmbiguousParams is returned for a Content-Type value that parsers may
 // read differently.
-var ErrAmbiguousParams = errors.New("pgpmime: ambiguous Content-Type parameters")
+var ErrAmbiguousParams = errors.New("mimescan: ambiguous Content-Type parameters")
 
 // ParseContentType parses a Content-Type field value like
 // mime.ParseMediaType, but first refuses what MIME parsers disagree on, so
@@ -63,9 +63,12 @@ func ParseContentType(v string) (string, map[string]string, error) {
 	return mime.ParseMediaType(v)
 }
 
-// validBoundary reports whether b is a boundary as RFC 2046 5.1.1 defines
+// MaxBoundary is the longest boundary RFC 2046 5.1.1 allows.
+const MaxBoundary = 70
+
+// ValidBoundary reports whether b is a boundary as RFC 2046 5.1.1 defines
 // it: 1 to 70 bchars, not ending in a space.
-func validBoundary(b string) bool {
+func ValidBoundary(b string) bool {
 	if b == "" || len(b) > MaxBoundary || b[len(b)-1] == ' ' {
 		return false
 	}

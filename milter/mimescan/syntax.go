@@ -1,4 +1,4 @@
-package pgpmime
+package mimescan
 
 import (
 	"strings"
@@ -16,7 +16,7 @@ const MaxMsgID = 128
 func ParseMsgIDs(v string, max int) ([]string, bool) {
 	var ids []string
 	for _, id := range strings.Fields(v) {
-		if len(ids) == max || !validMsgID(id) {
+		if len(ids) == max || !MsgID(id) {
 			return nil, false
 		}
 		ids = append(ids, id)
@@ -24,9 +24,9 @@ func ParseMsgIDs(v string, max int) ([]string, bool) {
 	return ids, len(ids) > 0
 }
 
-// validMsgID reports whether id is "<" dot-atom-text "@" dot-atom-text ">"
-// or with a no-fold-literal right side, at most MaxMsgID bytes.
-func validMsgID(id string) bool {
+// MsgID reports whether id is "<" dot-atom-text "@" dot-atom-text ">" or
+// with a no-fold-literal right side, at most MaxMsgID bytes.
+func MsgID(id string) bool {
 	if len(id) > MaxMsgID || len(id) < 5 || id[0] != '<' || id[len(id)-1] != '>' {
 		return false
 	}
