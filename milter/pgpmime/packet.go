@@ -235,7 +235,7 @@ func (w *walker) endChunk() {
 	case w.tag == tagSEIPD:
 		w.st = wEnded
 	default:
-		if !validESK(w.tag, w.esk[:w.eskN]) {
+		if w.err == nil && !validESK(w.tag, w.esk[:w.eskN]) {
 			w.err = ErrESK
 		}
 		w.st = wHeader

@@ -169,6 +169,13 @@ func TestAutocryptKey(t *testing.T) {
 		{"with a name", key("Buy cheap watches at spam.example", alice), false},
 		{"other address", key("", bob), false},
 		{"not a key", base64.StdEncoding.EncodeToString([]byte("Buy cheap watches")), false},
+		// Packets go-crypto's reader skips: a private (tag 60) and a trust
+		// (tag 12) packet holding text.
+		{"private packet", withPacket(key("", alice), 0xc0|60, "Buy cheap watches at spam.example"), false},
+		{"trust packet", withPacket(key("", alice), 0xc0|12, "Buy cheap watches at spam.example"), false},
+		{"text notation", keyWithNotation(t, alice, "note@spam.example", "Buy cheap watches at spam.example"), false},
+		{"relays notation", keyWithNotation(t, alice, "relays@chatmail.at", alice), true},
+		{"relays notation with text", keyWithNotation(t, alice, "relays@chatmail.at", "Buy cheap watches at spam.example"), false},
 	} {
 		msg := []byte("Autocrypt: addr=" + alice + "; prefer-encrypt=mutual; keydata=" + c.keydata + "\r\n" + enc)
 		v := run(t, e, envelope{"", alice, []string{bob}}, msg)
@@ -177,4 +184,32 @@ func TestAutocryptKey(t *testing.T) {
 			t.Errorf("%s: kept %v, want %v (%+v)", c.name, kept, c.kept, v)
 		}
 	}
+}
+
+// withPacket appends a new-format packet with the given header octet and
+// body to a base64 key.
+func withPacket(b64 string, hdr byte, body string) string {
+	raw, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		panic(err)
+	}
+	raw = append(append(raw, hdr, byte(len(body))), body...)
+	return base64.StdEncoding.EncodeToString(raw)
+}
+
+// keyWithNotation returns a base64 key for addr whose self-signatures carry
+// a human-readable notation.
+func keyWithNotation(t *testing.T, addr, name, value string) string {
+	t.Helper()
+	cfg := &packet.Config{Algorithm: packet.PubKeyAlgoEdDSA,
+		SignatureNotations: []*packet.Notation{{Name: name, Value: []byte(value), IsHumanReadable: true}}}
+	ent, err := openpgp.NewEntity("", "", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if err := ent.Serialize(&b); err != nil {
+		t.Fatal(err)
+	}
+	return base64.StdEncoding.EncodeToString(b.Bytes())
 }

@@ -228,7 +228,8 @@ type Txn struct {
 
 	dir        Direction
 	auth       string // normalized SASL login, "" if none
-	sender     string // normalized envelope sender, "" for <>
+	sender     string // normalized envelope sender, "" for <> and for what is no address
+	nullSender bool   // MAIL FROM:<>
 	rcpts      []string
 	toChatmail bool   // some recipient is in a chatmail domain, or may be
 	fromUnauth bool   // unauthenticated, but the sender may be a chatmail one
@@ -253,11 +254,12 @@ type Txn struct {
 // Begin starts a transaction. auth is the SASL login ({auth_authen}), ""
 // for unauthenticated sessions; sender is the MAIL FROM address.
 func (e *Engine) Begin(auth, sender string) *Txn {
-	t := &Txn{e: e, auth: normalize(auth), sender: normalize(sender)}
+	t := &Txn{e: e, auth: normalize(auth), sender: normalize(sender),
+		nullSender: strings.Trim(strings.TrimSpace(sender), "<>") == ""}
 	if auth != "" {
 		t.dir = Outgoing
 		t.fromLocal = e.mail.Serves(domainOf(t.auth)) || e.mail.Serves(domainOf(t.sender))
-	} else if strings.Trim(strings.TrimSpace(sender), "<>") != "" {
+	} else if !t.nullSender {
 		t.fromUnauth = e.mayServe(t.sender)
 	}
 	t.log = e.log.With("dir", t.dir.String())
@@ -361,7 +363,7 @@ func (t *Txn) EndHeaders() *Verdict {
 	if t.dir == Incoming && t.from == "" {
 		return t.final(ReasonBadFrom, ReplyBadFromIncoming)
 	}
-	if t.dir == Incoming && t.sender != "" && !boundedAddress(t.sender) {
+	if t.dir == Incoming && !t.nullSender && !boundedAddress(t.sender) {
 		// The delivery agent writes the envelope sender into the stored
 		// header (Return-Path).
 		return t.final(ReasonBadSender, ReplyBadEnvelope)
@@ -588,7 +590,7 @@ func (t *Txn) secureJoin(res pgpmime.Result) bool {
 // delivery report (RFC 3464) at the top level. The body decides.
 func (t *Txn) mayBeBounce() bool {
 	local, _, _ := strings.Cut(t.from, "@")
-	if t.dir != Incoming || !strings.EqualFold(local, "mailer-daemon") || t.sender != "" {
+	if t.dir != Incoming || !strings.EqualFold(local, "mailer-daemon") || !t.nullSender {
 		return false
 	}
 	as := t.values("Auto-Submitted")

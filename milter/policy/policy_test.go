@@ -153,6 +153,8 @@ func TestRules(t *testing.T) {
 		// Unauthenticated mail from a chatmail address gets the incoming rules.
 		{"unauthenticated chatmail sender", "neg-plain.eml", envelope{"", alice, []string{"dave@elsewhere.example"}}, 523, ReasonCleartext},
 		{"unauthenticated odd sender", "neg-plain.eml", envelope{"", "alice%chat.example@[127.0.0.1]", []string{"dave@elsewhere.example"}}, 553, ReasonBadSender},
+		{"unauthenticated sender without @", "enc-v4.eml", envelope{"", "THIS_IS_READABLE_CLEARTEXT_IN_RETURN_PATH", []string{bob}}, 553, ReasonBadSender},
+		{"unauthenticated sender with two @", "enc-v4.eml", envelope{"", "x@y@other.example", []string{bob}}, 553, ReasonBadSender},
 		{"unauthenticated quoted sender", "enc-v4.eml", envelope{"", `"Meet me at the old mill at midnight"@evil.example`, []string{bob}}, 553, ReasonBadSender},
 
 		{"other-domain user to other", "neg-plain.eml", envelope{carol, carol, []string{"dave@elsewhere.example"}}, 250, ReasonNotChatmail},
