@@ -3,6 +3,7 @@ package integration
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -176,4 +177,31 @@ func replaceHeader(msg, name, value string) string {
 		}
 	}
 	return strings.Join(lines, "\n")
+}
+
+// TestPGPOnlyLocalSendmail: a local user's sendmail goes through the milter
+// too, so cleartext cannot reach a mailbox around it.
+func TestPGPOnlyLocalSendmail(t *testing.T) {
+	s := shared
+	bob := newUsers(t, s, 1)[0]
+	msg := "From: <root@localhost>\nTo: <" + bob + ">\nSubject: " + spam + "\n\n" + spam + "\n"
+	cmd := exec.Command("sendmail", "-C", s.Env["POSTFIX_CONFIG_DIR"], "-f", "root@localhost", bob)
+	cmd.Stdin = strings.NewReader(msg)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sendmail: %v: %s", err, out)
+	}
+	// The refusal shows in Postfix's log; then nothing may have arrived.
+	eventually(t, 15*time.Second, func() error {
+		b, err := os.ReadFile(filepath.Join(s.Env["LOG_DIR"], "postfix.log"))
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(b), "milter-reject") || !strings.Contains(string(b), "Invalid Unencrypted Mail") {
+			return fmt.Errorf("no milter refusal in the Postfix log yet")
+		}
+		return nil
+	})
+	if n := maildirCount(s, bob); n != 0 {
+		t.Errorf("cleartext from sendmail was stored (%d files)", n)
+	}
 }
