@@ -55,9 +55,9 @@ var (
 	ErrReportType       = errors.New("bounce: top-level type is not multipart/report; report-type=delivery-status")
 	ErrTransferEncoding = errors.New("bounce: top-level transfer encoding is not an identity encoding")
 	ErrLine             = errors.New("bounce: line too long, or holds NUL or a bare CR")
-	ErrDelimiter        = errors.New("bounce: line starts like a boundary delimiter but is not one")
-	ErrPreamble         = errors.New("bounce: preamble or epilogue too long")
-	ErrPartHeader       = errors.New("bounce: part header too long, malformed or with an unexpected field")
+	ErrDelimiter        = mimescan.ErrDelimiter
+	ErrPreamble         = mimescan.ErrEdge
+	ErrPartHeader       = mimescan.ErrPartHeader
 	ErrPartCount        = errors.New("bounce: not two or three parts")
 	ErrTextPart         = errors.New("bounce: first part is not text/plain in 7bit, 8bit or quoted-printable")
 	ErrTextSize         = errors.New("bounce: first part too long")
@@ -68,15 +68,6 @@ var (
 	ErrReturnedBody     = errors.New("bounce: returned message is not encrypted")
 	ErrTooLarge         = errors.New("bounce: report too large")
 	ErrUnterminated     = errors.New("bounce: multipart body has no close delimiter")
-)
-
-type state uint8
-
-const (
-	stPreamble state = iota
-	stPartHeader
-	stPartBody
-	stEpilogue
 )
 
 type kind uint8
@@ -100,13 +91,11 @@ type Judge struct {
 	boundary []byte // "--" and the boundary
 	lines    mimescan.Lines
 
-	st        state
-	parts     int
+	mp        mimescan.Multipart
 	kind      kind
-	edgeBytes int    // preamble or epilogue bytes so far
 	total     int    // bytes counted against MaxTotal
 	size      int64  // all body bytes written
-	buf       []byte // part header, returned header section
+	buf       []byte // returned header section
 	bodyBytes int    // bytes of the current part body
 	lastEOL   int    // terminator length of the last body line
 	inBody    bool   // kMessage: past the returned header section
@@ -122,6 +111,7 @@ func NewJudge() *Judge {
 		buf:   make([]byte, 0, MaxReturnedHeader),
 		inner: pgpmime.NewJudge(nil, nil),
 	}
+	j.mp.Header = make([]byte, 0, MaxPartHeader)
 	j.Reset(nil, nil)
 	return j
 }
@@ -131,7 +121,7 @@ func NewJudge() *Judge {
 // transferEncodings every top-level Content-Transfer-Encoding value, as
 // pgpmime.NewJudge takes them.
 func (j *Judge) Reset(contentTypes, transferEncodings []string) {
-	*j = Judge{lines: j.lines, buf: j.buf[:0], boundary: j.boundary[:0], inner: j.inner,
+	*j = Judge{lines: j.lines, mp: j.mp, buf: j.buf[:0], boundary: j.boundary[:0], inner: j.inner,
 		dsn: dsn{name: j.dsn.name[:0], value: j.dsn.value[:0]}}
 	j.lines.Reset()
 	if len(contentTypes) != 1 {
@@ -151,7 +141,7 @@ func (j *Judge) Reset(contentTypes, transferEncodings []string) {
 		j.fail(ErrContentType)
 		return
 	}
-	if !identityEncoding(transferEncodings, true) {
+	if !mimescan.IdentityEncoding(transferEncodings) {
 		j.fail(ErrTransferEncoding)
 		return
 	}
@@ -161,24 +151,7 @@ func (j *Judge) Reset(contentTypes, transferEncodings []string) {
 		return
 	}
 	j.boundary = append(append(j.boundary, "--"...), b...)
-}
-
-// identityEncoding reports whether the transfer encoding fields leave the
-// body as is: at most one field, and none, 7bit, 8bit or (if binary is
-// set) binary.
-func identityEncoding(values []string, binary bool) bool {
-	switch len(values) {
-	case 0:
-		return true
-	case 1:
-		switch strings.ToLower(strings.TrimSpace(values[0])) {
-		case "", "7bit", "8bit":
-			return true
-		case "binary":
-			return binary
-		}
-	}
-	return false
+	j.mp.Reset(j.boundary, MaxPreamble, MaxPartHeader)
 }
 
 // Size is the number of body bytes written since Reset.
@@ -187,16 +160,18 @@ func (j *Judge) Size() int64 { return j.size }
 // Write consumes the next chunk of the body. It never fails.
 func (j *Judge) Write(p []byte) (int, error) {
 	j.size += int64(len(p))
-	if !j.done && !j.lines.Split(p, j.lineMore) {
-		j.fail(ErrLine)
+	for rest := p; !j.done; {
+		l, r, ok, overlong := j.lines.Next(rest)
+		if overlong {
+			j.fail(ErrLine)
+		}
+		if !ok {
+			break
+		}
+		j.line(l)
+		rest = r
 	}
 	return len(p), nil
-}
-
-// lineMore handles a line and reports whether more are wanted.
-func (j *Judge) lineMore(l []byte) bool {
-	j.line(l)
-	return !j.done
 }
 
 func (j *Judge) fail(err error) {
@@ -217,9 +192,9 @@ func (j *Judge) Close() error {
 	switch {
 	case j.err != nil:
 		return j.err
-	case j.st != stEpilogue:
+	case !j.mp.Ended():
 		return ErrUnterminated
-	case j.parts < 2:
+	case j.mp.Part < 2:
 		return ErrPartCount
 	}
 	return nil
@@ -233,72 +208,44 @@ func (j *Judge) line(l []byte) {
 		j.fail(ErrLine)
 		return
 	}
-	d, closing, bad := mimescan.Delimiter(l, j.boundary)
-	if bad {
-		// Delta Chat's MIME parser starts a part at any line that starts
-		// with the dash-boundary, whatever follows it.
-		j.fail(ErrDelimiter)
+	ev := j.mp.Line(l)
+	if ev == mimescan.Failed {
+		j.fail(j.mp.Err)
 		return
 	}
-	if !(j.st == stPartBody && j.kind == kMessage && j.inBody && !d) {
+	if !(ev == mimescan.BodyLine && j.kind == kMessage && j.inBody) {
 		j.total += len(l)
 		if j.total > MaxTotal {
 			j.fail(ErrTooLarge)
 			return
 		}
 	}
-	if d {
-		j.endPart()
+	switch ev {
+	case mimescan.PartBegins:
+		j.endPart(j.mp.Part - 1)
 		if j.done {
 			return
 		}
-		if closing {
-			j.st = stEpilogue
-			return
-		}
-		j.parts++
-		if j.parts > 3 {
+		if j.mp.Part > 3 {
 			j.fail(ErrPartCount)
 			return
 		}
-		j.st = stPartHeader
 		j.buf = j.buf[:0]
-		return
-	}
-	switch j.st {
-	case stPreamble, stEpilogue:
-		j.edgeBytes += len(l)
-		if j.edgeBytes > MaxPreamble {
-			j.fail(ErrPreamble)
-			return
-		}
-		if j.st == stPreamble && bytes.Contains(l, j.boundary) {
-			// A parser that finds the first delimiter anywhere, not only
-			// at the start of a line, would begin the first part here.
-			j.fail(ErrDelimiter)
-		}
-	case stPartHeader:
-		if len(body) == 0 {
-			j.beginPart()
-			return
-		}
-		if len(j.buf)+len(l) > MaxPartHeader {
-			j.fail(ErrPartHeader)
-			return
-		}
-		j.buf = append(j.buf, l...)
-	case stPartBody:
+	case mimescan.Closed:
+		j.endPart(j.mp.Part)
+	case mimescan.HeaderEnds:
+		j.beginPart()
+	case mimescan.BodyLine:
 		j.bodyLine(l, body)
 	}
 }
 
 // beginPart checks the collected part header against the part's position.
 func (j *Judge) beginPart() {
-	j.st = stPartBody
 	j.bodyBytes, j.lastEOL, j.inBody = 0, 0, false
 	var ct, cte, desc, disp int
 	var ctv, ctev string
-	ok := mimescan.EachField(j.buf, func(name, value []byte) bool {
+	ok := mimescan.EachField(j.mp.Header, func(name, value []byte) bool {
 		switch {
 		case equalFold(name, "Content-Type"):
 			ct++
@@ -317,7 +264,7 @@ func (j *Judge) beginPart() {
 	})
 	// Sendmail writes its text part without any header field: RFC 2045
 	// 5.2 makes that text/plain; charset=us-ascii. Other parts need one.
-	if !ok || ct > 1 || (ct == 0 && j.parts != 1) || cte > 1 || desc > 1 || disp > 1 {
+	if !ok || ct > 1 || (ct == 0 && j.mp.Part != 1) || cte > 1 || desc > 1 || disp > 1 {
 		j.fail(ErrPartHeader)
 		return
 	}
@@ -329,9 +276,8 @@ func (j *Judge) beginPart() {
 			return
 		}
 	}
-	j.buf = j.buf[:0]
 	enc := strings.ToLower(strings.TrimSpace(ctev))
-	switch j.parts {
+	switch j.mp.Part {
 	case 1:
 		j.kind = kText
 		if mt != "text/plain" || !onlyParams(params, "charset", "format", "delsp") ||
@@ -450,18 +396,9 @@ func (j *Judge) startInner() {
 	j.inner.Reset(ct, cte)
 }
 
-// endPart finishes the current part, if any, when a delimiter is seen.
-func (j *Judge) endPart() {
-	switch j.st {
-	case stPreamble:
-		j.edgeBytes = 0
-		return
-	case stEpilogue:
-		// A delimiter after the close delimiter is epilogue text.
-		j.fail(ErrPreamble)
-		return
-	case stPartHeader:
-		j.fail(ErrPartHeader)
+// endPart finishes part n (from 1) at the delimiter after it; 0 is none.
+func (j *Judge) endPart(n int) {
+	if n == 0 {
 		return
 	}
 	switch j.kind {

@@ -38,10 +38,12 @@ func ParseContentType(v string) (string, map[string]string, error) {
 		return "", nil, ErrAmbiguousParams
 	}
 	// With no ';' inside quotes, splitting at ';' finds every parameter.
-	segs := strings.Split(v, ";")
 	var seen [8]string
 	keys := seen[:0]
-	for _, seg := range segs[1:] {
+	_, rest, more := strings.Cut(v, ";")
+	for more {
+		var seg string
+		seg, rest, more = strings.Cut(rest, ";")
 		k, _, ok := strings.Cut(seg, "=")
 		k = strings.ToLower(strings.TrimSpace(k))
 		if !ok {
@@ -82,4 +84,19 @@ func ValidBoundary(b string) bool {
 		}
 	}
 	return true
+}
+
+// IdentityEncoding reports whether the Content-Transfer-Encoding fields
+// leave the body as is: at most one field, and none, 7bit, 8bit or binary.
+func IdentityEncoding(values []string) bool {
+	switch len(values) {
+	case 0:
+		return true
+	case 1:
+		switch strings.ToLower(strings.TrimSpace(values[0])) {
+		case "", "7bit", "8bit", "binary":
+			return true
+		}
+	}
+	return false
 }

@@ -42,16 +42,23 @@ func TestToken(t *testing.T) {
 func TestLines(t *testing.T) {
 	var s Lines
 	var got []string
-	collect := func(l []byte) bool { got = append(got, string(l)); return true }
 	for _, chunk := range []string{"ab", "c\r\nd", "e\nf"} {
-		if !s.Split([]byte(chunk), collect) {
-			t.Fatal("split refused short lines")
+		for p := []byte(chunk); ; {
+			l, rest, ok, overlong := s.Next(p)
+			if overlong {
+				t.Fatal("short line taken for overlong")
+			}
+			if !ok {
+				break
+			}
+			got = append(got, string(l))
+			p = rest
 		}
 	}
 	if strings.Join(got, "|") != "abc\r\n|de\n" || string(s.Rest()) != "f" {
-		t.Fatalf("got %q, rest %q", got, s.Rest())
+		t.Fatalf("got %q", got)
 	}
-	if s.Split(bytes.Repeat([]byte("x"), MaxLine+1), collect) {
+	if _, _, _, overlong := s.Next(bytes.Repeat([]byte("x"), MaxLine+1)); !overlong {
 		t.Fatal("an overlong line was accepted")
 	}
 	if s.Cap() > MaxLine {

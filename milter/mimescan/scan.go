@@ -8,52 +8,62 @@ const MaxLine = 1000
 
 // Lines cuts a body written in chunks into lines, keeping the start of a
 // line split across chunks, in at most MaxLine bytes.
-type Lines struct{ carry []byte }
+type Lines struct {
+	carry    []byte
+	returned bool // carry was handed out as a line: empty it at the next call
+}
 
 // Reset forgets a line begun in an earlier chunk.
-func (s *Lines) Reset() { s.carry = s.carry[:0] }
+func (s *Lines) Reset() { s.carry, s.returned = s.carry[:0], false }
 
-// Split calls line for each complete line of p, terminator included, and
-// keeps an unterminated rest for the next call. It stops when line returns
-// false, and reports false, having stopped, at a line longer than MaxLine:
-// then the rest of the body cannot be cut into lines any more.
-func (s *Lines) Split(p []byte, line func([]byte) bool) bool {
+// Next returns the next complete line of p, terminator included, and the
+// rest of p; a line begun in an earlier chunk is completed. ok is false
+// when p holds no more complete line: its rest is kept for the next chunk.
+// overlong reports a line longer than MaxLine: then the body cannot be cut
+// into lines any more. A line is valid until the next call. Judges loop
+// over it directly, which costs less per line than a callback; the common
+// case, a whole line in p, is inlined.
+func (s *Lines) Next(p []byte) (line, rest []byte, ok, overlong bool) {
+	if i := bytes.IndexByte(p, '\n'); i >= 0 && i < MaxLine && len(s.carry) == 0 && !s.returned {
+		return p[:i+1], p[i+1:], true, false
+	}
+	return s.next(p)
+}
+
+func (s *Lines) next(p []byte) (line, rest []byte, ok, overlong bool) {
 	if s.carry == nil {
 		s.carry = make([]byte, 0, MaxLine)
 	}
-	for len(p) > 0 {
-		i := bytes.IndexByte(p, '\n')
-		if i < 0 {
-			if len(s.carry)+len(p) > MaxLine {
-				return false
-			}
-			s.carry = append(s.carry, p...)
-			return true
-		}
-		l := p[:i+1]
-		p = p[i+1:]
-		if len(s.carry) > 0 {
-			if len(s.carry)+len(l) > MaxLine {
-				return false
-			}
-			s.carry = append(s.carry, l...)
-			l = s.carry
-		} else if len(l) > MaxLine {
-			return false
-		}
-		more := line(l)
-		s.carry = s.carry[:0]
-		if !more {
-			return true
-		}
+	if s.returned {
+		s.carry, s.returned = s.carry[:0], false
 	}
-	return true
+	i := bytes.IndexByte(p, '\n')
+	if i < 0 {
+		if len(s.carry)+len(p) > MaxLine {
+			return nil, nil, false, true
+		}
+		s.carry = append(s.carry, p...)
+		return nil, nil, false, false
+	}
+	line, rest = p[:i+1], p[i+1:]
+	if len(s.carry)+len(line) > MaxLine {
+		return nil, nil, false, true
+	}
+	if len(s.carry) == 0 {
+		return line, rest, true, false
+	}
+	s.carry = append(s.carry, line...)
+	s.returned = true
+	return s.carry, rest, true, false
 }
 
 // Rest returns the unterminated last line, if any, and forgets it.
 func (s *Lines) Rest() []byte {
 	r := s.carry
-	s.carry = s.carry[:0]
+	if s.returned {
+		r = nil
+	}
+	s.carry, s.returned = s.carry[:0], false
 	return r
 }
 
@@ -123,7 +133,6 @@ func alnum(c byte) bool {
 // FieldName nor a continuation, or when fn does.
 func EachField(h []byte, fn func(name, value []byte) bool) bool {
 	var name, value []byte
-	var tmp [512]byte
 	flush := func() bool {
 		return name == nil || fn(name, bytes.TrimSpace(value))
 	}
@@ -140,7 +149,9 @@ func EachField(h []byte, fn func(name, value []byte) bool) bool {
 			if name == nil {
 				return false
 			}
-			value = append(append(value, ' '), bytes.TrimSpace(l)...)
+			// Unfold into a copy (the capacity cut makes append copy),
+			// never into h: unfolded fields are rare.
+			value = append(append(value[:len(value):len(value)], ' '), bytes.TrimSpace(l)...)
 			continue
 		}
 		if !flush() {
@@ -150,7 +161,7 @@ func EachField(h []byte, fn func(name, value []byte) bool) bool {
 		if !ok || !FieldName(k) {
 			return false
 		}
-		name, value = k, append(tmp[:0], v...)
+		name, value = k, v
 	}
 	return flush()
 }

@@ -77,7 +77,7 @@ type armor struct {
 
 func (a *armor) reset() {
 	a.st, a.headers, a.trailer, a.qn, a.padded = aBegin, 0, 0, 0, false
-	a.w = walker{}
+	a.w = walker{esk: a.w.esk[:0]}
 }
 
 // line handles one line of the part body, terminator included.

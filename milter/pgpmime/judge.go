@@ -30,13 +30,13 @@ var (
 	ErrProtocol         = errors.New("pgpmime: protocol parameter is not application/pgp-encrypted")
 	ErrTransferEncoding = errors.New("pgpmime: transfer encoding is not an identity encoding")
 	ErrLongLine         = errors.New("pgpmime: line too long")
-	ErrPreamble         = errors.New("pgpmime: preamble or epilogue too long")
-	ErrPartHeader       = errors.New("pgpmime: part header too long or malformed")
+	ErrPreamble         = mimescan.ErrEdge
+	ErrPartHeader       = mimescan.ErrPartHeader
 	ErrPartCount        = errors.New("pgpmime: not exactly two parts")
 	ErrVersionPart      = errors.New("pgpmime: first part is not application/pgp-encrypted \"Version: 1\"")
 	ErrDataPart         = errors.New("pgpmime: second part is not application/octet-stream")
 	ErrUnterminated     = errors.New("pgpmime: multipart body has no close delimiter")
-	ErrDelimiter        = errors.New("pgpmime: line starts like a boundary delimiter but is not one")
+	ErrDelimiter        = mimescan.ErrDelimiter
 )
 
 type mode uint8
@@ -45,15 +45,6 @@ const (
 	modeNone      mode = iota // nothing in the body matters
 	modeEncrypted             // multipart/encrypted: full check
 	modeMixed                 // multipart/mixed: look for a sole text/plain part
-)
-
-type mimeState uint8
-
-const (
-	stPreamble mimeState = iota
-	stPartHeader
-	stPartBody
-	stEpilogue
 )
 
 // Result is the judgement on one message.
@@ -91,13 +82,9 @@ type Judge struct {
 	boundary []byte // "--" and the boundary
 	lines    mimescan.Lines
 
-	st        mimeState
-	parts     int
-	edgeBytes int  // preamble or epilogue bytes so far
-	edgeText  bool // a preamble or epilogue line was not blank
-	hdr       []byte
-	partOK    bool   // current part has the right type for its position
-	text      []byte // body of part 1 (version part, or sole text part)
+	mp     mimescan.Multipart
+	partOK bool   // current part has the right type for its position
+	text   []byte // body of part 1 (version part, or sole text part)
 
 	armor armor
 }
@@ -107,7 +94,8 @@ type Judge struct {
 // transferEncodings every Content-Transfer-Encoding value. A judge can be
 // used for further messages with Reset, which keeps its buffers.
 func NewJudge(contentTypes, transferEncodings []string) *Judge {
-	j := &Judge{hdr: make([]byte, 0, MaxPartHeader)}
+	j := &Judge{}
+	j.mp.Header = make([]byte, 0, MaxPartHeader)
 	j.Reset(contentTypes, transferEncodings)
 	return j
 }
@@ -115,7 +103,8 @@ func NewJudge(contentTypes, transferEncodings []string) *Judge {
 // Reset prepares j for a new message, reusing its buffers; it is as good as
 // a new judge from NewJudge.
 func (j *Judge) Reset(contentTypes, transferEncodings []string) {
-	*j = Judge{lines: j.lines, hdr: j.hdr[:0], text: j.text[:0], boundary: j.boundary[:0]}
+	*j = Judge{lines: j.lines, mp: j.mp, text: j.text[:0], boundary: j.boundary[:0],
+		armor: armor{w: walker{esk: j.armor.w.esk}}}
 	j.lines.Reset()
 	j.armor.reset()
 	j.done = true
@@ -147,7 +136,7 @@ func (j *Judge) Reset(contentTypes, transferEncodings []string) {
 	default:
 		return
 	}
-	if !identityEncoding(transferEncodings) {
+	if !mimescan.IdentityEncoding(transferEncodings) {
 		j.res.Encrypted = ErrTransferEncoding
 		return
 	}
@@ -157,40 +146,28 @@ func (j *Judge) Reset(contentTypes, transferEncodings []string) {
 		return
 	}
 	j.boundary = append(append(j.boundary, "--"...), b...)
+	j.mp.Reset(j.boundary, MaxPreamble, MaxPartHeader)
 	j.mode, j.done = m, false
 	j.res.Encrypted = nil // provisional; Close decides
-}
-
-// identityEncoding reports whether the transfer encoding fields leave the
-// body as is: at most one field, and none, 7bit, 8bit or binary.
-func identityEncoding(values []string) bool {
-	switch len(values) {
-	case 0:
-		return true
-	case 1:
-		switch strings.ToLower(strings.TrimSpace(values[0])) {
-		case "", "7bit", "8bit", "binary":
-			return true
-		}
-	}
-	return false
 }
 
 // Write consumes the next chunk of the body. It never fails.
 func (j *Judge) Write(p []byte) (int, error) {
 	j.res.Size += int64(len(p))
-	if !j.done && !j.lines.Split(p, j.lineMore) {
-		// No line of the structures accepted here can be this long, so
-		// the positive verdicts are out of reach: stop looking.
-		j.fail(ErrLongLine)
+	for rest := p; !j.done; {
+		l, r, ok, overlong := j.lines.Next(rest)
+		if overlong {
+			// No line of the structures accepted here can be this long,
+			// so the positive verdicts are out of reach: stop looking.
+			j.fail(ErrLongLine)
+		}
+		if !ok {
+			break
+		}
+		j.line(l)
+		rest = r
 	}
 	return len(p), nil
-}
-
-// lineMore handles a line and reports whether more are wanted.
-func (j *Judge) lineMore(l []byte) bool {
-	j.line(l)
-	return !j.done
 }
 
 func (j *Judge) fail(err error) {
@@ -202,58 +179,27 @@ func (j *Judge) fail(err error) {
 
 // line handles one complete line, terminator included.
 func (j *Judge) line(l []byte) {
-	d, closing, bad := mimescan.Delimiter(l, j.boundary)
-	if bad {
-		// Delta Chat's MIME parser (mailparse) splits parts at any line
-		// that starts with the dash-boundary, whatever follows it.
-		j.fail(ErrDelimiter)
+	if l[0] != '-' && j.mp.InBody() {
+		j.partLine(l) // the armored data: no delimiter, no need to ask
 		return
 	}
-	if d {
-		j.endPart()
+	switch j.mp.Line(l) {
+	case mimescan.Failed:
+		j.fail(j.mp.Err)
+	case mimescan.PartBegins:
+		j.endPart(j.mp.Part - 1)
 		if j.done {
 			return
 		}
-		if closing {
-			j.st = stEpilogue
-			return
-		}
-		j.parts++
-		j.st = stPartHeader
-		j.hdr = j.hdr[:0]
 		j.text = j.text[:0]
-		if j.parts > 2 || (j.mode == modeMixed && j.parts > 1) {
+		if j.mp.Part > 2 || (j.mode == modeMixed && j.mp.Part > 1) {
 			j.fail(ErrPartCount)
 		}
-		return
-	}
-	switch j.st {
-	case stPreamble, stEpilogue:
-		j.edgeBytes += len(l)
-		if j.edgeBytes > MaxPreamble {
-			j.fail(ErrPreamble)
-			return
-		}
-		if j.st == stPreamble && bytes.Contains(l, j.boundary) {
-			// A parser that finds the first delimiter anywhere, not only
-			// at the start of a line, would begin the first part here.
-			j.fail(ErrDelimiter)
-			return
-		}
-		if len(bytes.Trim(l, " \t\r\n")) != 0 {
-			j.edgeText = true
-		}
-	case stPartHeader:
-		if len(mimescan.TrimEOL(l)) == 0 {
-			j.beginPart()
-			return
-		}
-		if len(j.hdr)+len(l) > MaxPartHeader {
-			j.fail(ErrPartHeader)
-			return
-		}
-		j.hdr = append(j.hdr, l...)
-	case stPartBody:
+	case mimescan.Closed:
+		j.endPart(j.mp.Part)
+	case mimescan.HeaderEnds:
+		j.beginPart()
+	case mimescan.BodyLine:
 		j.partLine(l)
 	}
 }
@@ -275,9 +221,8 @@ type partFields struct {
 
 // beginPart parses the collected part header and sets up the part body.
 func (j *Judge) beginPart() {
-	j.st = stPartBody
 	var f partFields
-	ok := mimescan.EachField(j.hdr, func(name, value []byte) bool {
+	ok := mimescan.EachField(j.mp.Header, func(name, value []byte) bool {
 		v := string(value)
 		switch {
 		case bytes.EqualFold(name, []byte("Content-Type")):
@@ -323,10 +268,10 @@ func (j *Judge) beginPart() {
 		return
 	}
 	want, fail := "application/pgp-encrypted", ErrVersionPart
-	if j.parts == 2 {
+	if j.mp.Part == 2 {
 		want, fail = "application/octet-stream", ErrDataPart
 	}
-	j.partOK = mt == want && identityEncoding(f.cte)
+	j.partOK = mt == want && mimescan.IdentityEncoding(f.cte)
 	if !j.partOK {
 		j.fail(fail)
 	}
@@ -398,7 +343,7 @@ func optToken(params map[string]string, name string, max int) bool {
 
 // partLine handles a line of a part body.
 func (j *Judge) partLine(l []byte) {
-	if j.mode == modeEncrypted && j.parts == 2 {
+	if j.mode == modeEncrypted && j.mp.Part == 2 {
 		if err := j.armor.line(l); err != nil {
 			j.fail(err)
 		}
@@ -419,30 +364,19 @@ func (j *Judge) partLine(l []byte) {
 	j.text = append(j.text, l...)
 }
 
-// endPart finishes the current part, if any, when a delimiter is seen.
-func (j *Judge) endPart() {
-	if j.st == stPreamble || j.st == stEpilogue {
-		if j.st == stEpilogue {
-			// A delimiter after the close delimiter is epilogue text.
-			j.fail(ErrPreamble)
+// endPart finishes part n (from 1) at the delimiter after it; 0 is none.
+func (j *Judge) endPart(n int) {
+	if j.mode != modeEncrypted {
+		return
+	}
+	switch n {
+	case 1:
+		if string(bytes.TrimSpace(j.text)) != "Version: 1" {
+			j.fail(ErrVersionPart)
 		}
-		j.edgeBytes = 0
-		return
-	}
-	if j.st == stPartHeader {
-		j.fail(ErrPartHeader)
-		return
-	}
-	if j.mode == modeEncrypted {
-		switch j.parts {
-		case 1:
-			if string(bytes.TrimSpace(j.text)) != "Version: 1" {
-				j.fail(ErrVersionPart)
-			}
-		case 2:
-			if err := j.armor.finish(); err != nil {
-				j.fail(err)
-			}
+	case 2:
+		if err := j.armor.finish(); err != nil {
+			j.fail(err)
 		}
 	}
 }
@@ -461,15 +395,15 @@ func (j *Judge) Close() Result {
 		switch {
 		case j.err != nil:
 			r.Encrypted = j.err
-		case j.st != stEpilogue:
+		case !j.mp.Ended():
 			r.Encrypted = ErrUnterminated
-		case j.parts != 2:
+		case j.mp.Part != 2:
 			r.Encrypted = ErrPartCount
 		}
 		r.ArmorHeaders = j.armor.headers
 	case modeMixed:
 		r.Encrypted = ErrNotEncryptedType
-		if j.err == nil && !j.done && j.st == stEpilogue && j.parts == 1 && j.partOK && !j.edgeText {
+		if j.err == nil && !j.done && j.mp.Ended() && j.mp.Part == 1 && j.partOK && !j.mp.EdgeText {
 			r.SoleText = string(bytes.TrimSpace(j.text))
 		}
 	}

@@ -59,8 +59,7 @@ type walker struct {
 	nESK    int
 	gen     byte // 1: PKESK v3/SKESK v4 seen, 2: PKESK v6/SKESK v6 seen
 	err     error
-	esk     [MaxESKSize]byte // body of the current session key packet
-	eskN    int
+	esk     []byte // body of the current session key packet, kept across resets
 }
 
 // isESK reports whether the current packet is a session key packet.
@@ -103,7 +102,7 @@ func (w *walker) feed(p []byte) error {
 				n = w.remain
 			}
 			if w.isESK() {
-				w.eskN += copy(w.esk[w.eskN:], p[:n])
+				w.esk = append(w.esk, p[:n]...)
 			}
 			p = p[n:]
 			w.remain -= n
@@ -184,7 +183,7 @@ func (w *walker) begin(l int64, partial bool) {
 			w.err = ErrPacketHeader
 		}
 		w.nESK++
-		w.eskN = 0
+		w.esk = w.esk[:0]
 		switch {
 		case l > MaxESKSize:
 			w.err = ErrESK
@@ -235,7 +234,7 @@ func (w *walker) endChunk() {
 	case w.tag == tagSEIPD:
 		w.st = wEnded
 	default:
-		if w.err == nil && !validESK(w.tag, w.esk[:w.eskN]) {
+		if w.err == nil && !validESK(w.tag, w.esk) {
 			w.err = ErrESK
 		}
 		w.st = wHeader

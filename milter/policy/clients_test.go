@@ -121,7 +121,8 @@ func wantVerdict(t *testing.T, v *Verdict, dir Direction, want Reason) {
 	}
 	if v.Direction != dir || v.Reply.Code != 250 || v.Reason != want {
 		t.Errorf("verdict %s %s %d %q, want %s accepted (250) as %s", v.Direction, v.Reason, v.Reply.Code, v.Reply.Text, dir, want)
-	}	// Delta Chat writes only fields the header policy keeps: it may
+	}
+	// Delta Chat writes only fields the header policy keeps: it may
 	// rewrite one (a display name, the Subject), never remove one.
 	for _, c := range v.Changes {
 		if c.Value == "" {
