@@ -25,7 +25,7 @@ import (
 // addresses replaced: alice@chat.example sends, bob@chat.example receives.
 func fixture(t *testing.T, name, from, to string) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(stack.Repo(), "milter", "testdata", name))
+	b, err := os.ReadFile(filepath.Join(stack.Repo(), "sidecar", "testdata", name))
 	if err != nil {
 		t.Fatal(err)
 	}

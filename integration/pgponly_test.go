@@ -157,7 +157,7 @@ func TestPGPOnlySecureJoin(t *testing.T) {
 
 func fixtureFile(t *testing.T, name string) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(stack.Repo(), "milter", "testdata", name))
+	b, err := os.ReadFile(filepath.Join(stack.Repo(), "sidecar", "testdata", name))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,8 +12,6 @@ import (
 
 	"github.com/emersion/go-milter"
 	"github.com/emersion/go-msgauth/dkim"
-
-	"chatmail.dev/milter/policy"
 )
 
 // BenchmarkIncoming is what Postfix's MX asks of the milter per message
@@ -47,7 +45,7 @@ func benchIncoming(b *testing.B, fixtureName string) {
 	if err := dkim.Sign(&signed, bytes.NewReader(msg), &dkim.SignOptions{Domain: "other.example", Selector: "sel", Signer: key}); err != nil {
 		b.Fatal(err)
 	}
-	h := start(b, func(c *policy.Config) { c.VerifyDKIM, c.DKIMKeysDir = true, keys })
+	h := start(b, func(c *Config) { c.VerifyDKIM, c.DKIMKeysDir = true, keys })
 	b.SetBytes(int64(signed.Len()))
 	b.ReportAllocs()
 	for b.Loop() {

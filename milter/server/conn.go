@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"chatmail.dev/milter/policy"
+	"chatmail.dev/sidecar/mailpolicy"
 )
 
 // readers hold what the MTA sends without waiting for an answer: the
@@ -53,12 +53,12 @@ type conn struct {
 	lastCmd byte
 	in, out packetScanner
 	closed  bool
-	done    chan struct{} // closed by Close
-	txn     *policy.Txn   // transaction in progress, ended by Close
+	done    chan struct{}   // closed by Close
+	txn     *mailpolicy.Txn // transaction in progress, ended by Close
 }
 
 // setTxn records the transaction in progress on this connection.
-func (c *conn) setTxn(t *policy.Txn) {
+func (c *conn) setTxn(t *mailpolicy.Txn) {
 	c.mu.Lock()
 	c.txn = t
 	c.mu.Unlock()

@@ -10,8 +10,6 @@ import (
 
 	"github.com/emersion/go-milter"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-
-	"chatmail.dev/milter/policy"
 )
 
 // TestDroppedSessions checks that an MTA connection closed in the middle
@@ -22,7 +20,7 @@ func TestDroppedSessions(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(keys, "x"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	h := start(t, func(c *policy.Config) { c.VerifyDKIM = true; c.DKIMKeysDir = keys })
+	h := start(t, func(c *Config) { c.VerifyDKIM = true; c.DKIMKeysDir = keys })
 	runtime.GC()
 	base := runtime.NumGoroutine()
 	for range 50 {
@@ -57,7 +55,7 @@ func TestDroppedSessions(t *testing.T) {
 // its own and the message, accepted for the other recipients, gets its
 // verdict counted too.
 func TestRcptRefusalThenAccept(t *testing.T) {
-	h := start(t, func(c *policy.Config) { c.MaxRecipients = 1 })
+	h := start(t, func(c *Config) { c.MaxRecipients = 1 })
 	s := h.session(t)
 	defer s.Close()
 	if act := begin(t, s, "alice@chat.example", "alice@chat.example", "carol@other.example"); act != nil {

@@ -3,7 +3,7 @@ package server
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"chatmail.dev/milter/policy"
+	"chatmail.dev/sidecar/mailpolicy"
 	"chatmail.dev/sidecar/metrics"
 )
 
@@ -44,10 +44,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.Verdicts, m.RcptRefusals, m.Latency, m.Size, m.Sessions)
-	for _, r := range policy.RcptReasons {
+	for _, r := range mailpolicy.RcptReasons {
 		m.RcptRefusals.WithLabelValues(string(r))
 	}
-	for d, reasons := range policy.Reasons {
+	for d, reasons := range mailpolicy.Reasons {
 		m.Latency.WithLabelValues(d.String())
 		for _, r := range reasons {
 			m.Verdicts.WithLabelValues(d.String(), string(r))

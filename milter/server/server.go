@@ -30,15 +30,15 @@ import (
 
 	"github.com/emersion/go-milter"
 
-	"chatmail.dev/milter/policy"
 	"chatmail.dev/sidecar/config"
 	"chatmail.dev/sidecar/logging"
+	"chatmail.dev/sidecar/mailpolicy"
 	"chatmail.dev/sidecar/unixsock"
 )
 
 // Server serves the milter protocol.
 type Server struct {
-	engine  *policy.Engine
+	engine  *mailpolicy.Engine
 	log     *slog.Logger
 	metrics *Metrics
 	// EndTimeout bounds the end-of-message decision (DKIM key lookups).
@@ -51,7 +51,7 @@ type Server struct {
 }
 
 // New returns a server deciding with engine.
-func New(engine *policy.Engine, log *slog.Logger, m *Metrics) *Server {
+func New(engine *mailpolicy.Engine, log *slog.Logger, m *Metrics) *Server {
 	return &Server{engine: engine, log: log, metrics: m, EndTimeout: 30 * time.Second, conns: make(map[*conn]struct{})}
 }
 
@@ -123,8 +123,8 @@ func (s *Server) isDraining() bool {
 
 // Listen opens the listener for a [milter] listen address. For a unix
 // socket it removes a stale socket first and sets mode and group.
-func Listen(cfg *policy.Config) (net.Listener, error) {
-	network, addr, err := policy.ParseListen(cfg.Listen)
+func Listen(cfg *Config) (net.Listener, error) {
+	network, addr, err := ParseListen(cfg.Listen)
 	if err != nil {
 		return nil, &config.Error{Key: "milter.listen", Msg: err.Error()}
 	}
@@ -143,14 +143,14 @@ func Listen(cfg *policy.Config) (net.Listener, error) {
 type backend struct {
 	s       *Server
 	c       *conn
-	txn     *policy.Txn
-	pending *policy.Verdict // the decision on the message, taken early
-	counted bool            // a verdict for this message was counted
+	txn     *mailpolicy.Txn
+	pending *mailpolicy.Verdict // the decision on the message, taken early
+	counted bool                // a verdict for this message was counted
 	queueID string
 }
 
 // setTxn makes t the transaction in progress, closing the previous one.
-func (b *backend) setTxn(t *policy.Txn) {
+func (b *backend) setTxn(t *mailpolicy.Txn) {
 	if b.txn != nil {
 		b.txn.Close()
 	}
@@ -160,7 +160,7 @@ func (b *backend) setTxn(t *policy.Txn) {
 	}
 }
 
-func (b *backend) count(v *policy.Verdict) {
+func (b *backend) count(v *mailpolicy.Verdict) {
 	if !b.counted {
 		b.counted = true
 		b.s.metrics.Verdicts.WithLabelValues(v.Direction.String(), string(v.Reason)).Inc()
@@ -168,21 +168,21 @@ func (b *backend) count(v *policy.Verdict) {
 }
 
 // reply turns a refusal into the milter response carrying the SMTP reply.
-func reply(r policy.Reply) milter.Response {
+func reply(r mailpolicy.Reply) milter.Response {
 	return milter.NewResponseStr(byte(milter.ActReplyCode), r.String())
 }
 
 // internal is the verdict on a message whose handling failed.
-func internal(dir policy.Direction) *policy.Verdict {
-	return &policy.Verdict{Direction: dir, Reason: policy.ReasonInternal, Reply: policy.ReplyInternal}
+func internal(dir mailpolicy.Direction) *mailpolicy.Verdict {
+	return &mailpolicy.Verdict{Direction: dir, Reason: mailpolicy.ReasonInternal, Reply: mailpolicy.ReplyInternal}
 }
 
 // direction is the message's, or incoming before the transaction exists.
-func (b *backend) direction() policy.Direction {
+func (b *backend) direction() mailpolicy.Direction {
 	if b.txn != nil {
 		return b.txn.Direction()
 	}
-	return policy.Incoming
+	return mailpolicy.Incoming
 }
 
 // guard turns a panic in a callback into a temporary failure: the answer
@@ -307,7 +307,7 @@ func (b *backend) Body(m *milter.Modifier) (resp milter.Response, err error) {
 }
 
 // final answers a decision on the whole message, applying its changes.
-func (b *backend) final(v *policy.Verdict, m *milter.Modifier) (milter.Response, error) {
+func (b *backend) final(v *mailpolicy.Verdict, m *milter.Modifier) (milter.Response, error) {
 	defer b.setTxn(nil)
 	b.pending = nil
 	if v.Reply.Accepted() && m != nil {
@@ -323,7 +323,7 @@ func (b *backend) final(v *policy.Verdict, m *milter.Modifier) (milter.Response,
 	return reply(v.Reply), nil
 }
 
-func apply(v *policy.Verdict, m *milter.Modifier) error {
+func apply(v *mailpolicy.Verdict, m *milter.Modifier) error {
 	for _, c := range v.Changes {
 		// An empty value deletes the field (SMFIR_CHGHEADER); with
 		// SMFIP_HDR_LEADSPC, Postfix writes any other as is after the colon.

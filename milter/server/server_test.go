@@ -15,8 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"chatmail.dev/milter/policy"
 	"chatmail.dev/sidecar/config"
+	"chatmail.dev/sidecar/mailpolicy"
 )
 
 type harness struct {
@@ -27,14 +27,14 @@ type harness struct {
 	done   chan error
 }
 
-func start(t testing.TB, edit func(*policy.Config)) *harness {
+func start(t testing.TB, edit func(*Config)) *harness {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "m") // short: unix socket paths are limited
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	cfg := policy.Defaults()
+	cfg := Defaults()
 	cfg.VerifyDKIM = false
 	cfg.Listen = "unix:" + filepath.Join(dir, "s")
 	if edit != nil {
@@ -43,7 +43,7 @@ func start(t testing.TB, edit func(*policy.Config)) *harness {
 	common := config.Defaults()
 	common.Mail.Domains = []string{"chat.example"}
 	log := slog.New(slog.DiscardHandler)
-	engine, err := policy.NewEngine(&common, &cfg, log)
+	engine, err := mailpolicy.NewEngine(&common, &cfg.Config, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func message(t testing.TB, s *milter.ClientSession, raw []byte) ([]milter.Modify
 
 func fixture(t testing.TB, name string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("../testdata", name))
+	b, err := os.ReadFile(filepath.Join("..", "..", "sidecar", "testdata", name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func fixture(t testing.TB, name string) []byte {
 }
 
 func TestMilter(t *testing.T) {
-	h := start(t, func(c *policy.Config) { c.RateBurst = 3 })
+	h := start(t, func(c *Config) { c.RateBurst = 3 })
 	s := h.session(t)
 	defer s.Close()
 
@@ -230,7 +230,7 @@ func TestMetricsLint(t *testing.T) {
 		t.Errorf("%s: %s", p.Metric, p.Text)
 	}
 	n, err := testutil.GatherAndCount(reg, "chatmail_milter_verdicts_total")
-	if err != nil || n != len(policy.Reasons[policy.Incoming])+len(policy.Reasons[policy.Outgoing]) {
+	if err != nil || n != len(mailpolicy.Reasons[mailpolicy.Incoming])+len(mailpolicy.Reasons[mailpolicy.Outgoing]) {
 		t.Fatalf("pre-created series: %d %v", n, err)
 	}
 }
@@ -284,7 +284,7 @@ func TestInternalFailureWithoutReply(t *testing.T) {
 	if act == nil || act.SMTPCode != 451 {
 		t.Fatalf("RCPT after a failed MAIL: %+v, want 451", act)
 	}
-	if got := testutil.ToFloat64(h.m.Verdicts.WithLabelValues("in", string(policy.ReasonInternal))); got != 1 {
+	if got := testutil.ToFloat64(h.m.Verdicts.WithLabelValues("in", string(mailpolicy.ReasonInternal))); got != 1 {
 		t.Errorf("verdicts{in,internal_error} = %v", got)
 	}
 }

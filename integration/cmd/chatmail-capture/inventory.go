@@ -502,9 +502,9 @@ As root on Debian 12, from the repository root:
     for v in 2.48.0 1.151.3 1.139.3; do   # capture-only versions
         npm install --no-save --prefix .deltachat/$v @deltachat/stdio-rpc-server-linux-x64@$v
     done
-    rm -rf milter/testdata/clients/dc-*
+    rm -rf sidecar/testdata/clients/dc-*
     cd integration && go run ./cmd/chatmail-capture
-    go run ./cmd/chatmail-capture -inventory ../milter/testdata/clients > ../milter/testdata/clients/README.md
+    go run ./cmd/chatmail-capture -inventory ../sidecar/testdata/clients > ../sidecar/testdata/clients/README.md
 
 Addresses, keys, dates and Message-IDs differ on every run. npm has these
 versions of the core: 1.139.3, 1.142.12, 1.151.3, 1.159.4, 1.160.0, 2.33.0,

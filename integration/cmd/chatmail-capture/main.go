@@ -1,6 +1,6 @@
 // Command chatmail-capture records what real Delta Chat clients submit
 // over SMTP, message by message, as fixtures for the milter's tests
-// (milter/testdata/clients/dc-<version>/<shape>.eml), and writes an
+// (sidecar/testdata/clients/dc-<version>/<shape>.eml), and writes an
 // inventory of their outer shapes.
 //
 // It starts a private stack without the milter (so that nothing is
@@ -46,7 +46,7 @@ const current = "2.62.0"
 func main() {
 	versions := flag.String("versions", "2.62.0,2.48.0,2.33.0,1.160.0,1.151.3,1.139.3", "core versions to capture, comma-separated")
 	cross := flag.String("cross", "2.33.0", "old versions whose (legacy) invitations a current client also joins, comma-separated")
-	out := flag.String("out", filepath.Join(stack.Repo(), "milter", "testdata", "clients"), "fixture directory")
+	out := flag.String("out", filepath.Join(stack.Repo(), "sidecar", "testdata", "clients"), "fixture directory")
 	inventory := flag.String("inventory", "", "write the inventory of the fixtures in this directory to stdout, and do nothing else")
 	verbose := flag.Bool("v", false, "log the cores' warnings")
 	flag.Parse()

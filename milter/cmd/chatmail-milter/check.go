@@ -9,10 +9,11 @@ import (
 	"strings"
 	"time"
 
-	"chatmail.dev/milter/policy"
+	"chatmail.dev/milter/server"
 	"chatmail.dev/sidecar/config"
 	"chatmail.dev/sidecar/daemon"
 	"chatmail.dev/sidecar/logging"
+	"chatmail.dev/sidecar/mailpolicy"
 )
 
 type list []string
@@ -71,7 +72,7 @@ func check(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return usage("-direction must be in or out")
 	}
 
-	cfg := policy.Defaults()
+	cfg := server.Defaults()
 	var common *config.Common
 	if *path != "" {
 		var err error
@@ -101,7 +102,7 @@ func check(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if *verbose {
 		level = slog.LevelDebug
 	}
-	engine, err := policy.NewEngine(common, &cfg, logging.New(stderr, level, nil))
+	engine, err := mailpolicy.NewEngine(common, &cfg.Config, logging.New(stderr, level, nil))
 	if err != nil {
 		fmt.Fprintf(stderr, "check: %v\n", err)
 		return daemon.ExitConfig
@@ -109,7 +110,7 @@ func check(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 
 	txn := engine.Begin(login, *from)
 	defer txn.Close()
-	var refused *policy.Verdict
+	var refused *mailpolicy.Verdict
 	accepted := 0
 	for _, r := range rcpts {
 		if v := txn.Rcpt(r); v != nil {
@@ -125,7 +126,7 @@ func check(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if accepted > 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*cfg.DNSTimeout.D()+5*time.Second)
 		defer cancel()
-		if v, err = policy.Replay(ctx, txn, stdin); err != nil {
+		if v, err = mailpolicy.Replay(ctx, txn, stdin); err != nil {
 			fmt.Fprintf(stderr, "check: reading message: %v\n", err)
 			return daemon.ExitConfig
 		}

@@ -37,7 +37,7 @@ func TestCheck(t *testing.T) {
 		case "huge-field":
 			msg = []byte("Subject: x" + strings.Repeat("\r\n "+strings.Repeat("x", 990), 400) + "\r\n\r\nbody\r\n")
 		default:
-			msg, err = os.ReadFile(filepath.Join("..", "..", "testdata", c.fixture))
+			msg, err = os.ReadFile(filepath.Join("..", "..", "..", "sidecar", "testdata", c.fixture))
 		}
 		if err != nil {
 			t.Fatal(err)

@@ -9,23 +9,23 @@ import (
 	"os"
 	"time"
 
-	"chatmail.dev/milter/policy"
 	"chatmail.dev/milter/server"
 	"chatmail.dev/sidecar/daemon"
+	"chatmail.dev/sidecar/mailpolicy"
 )
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "check" {
 		os.Exit(check(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
 	}
-	cfg := policy.Defaults()
+	cfg := server.Defaults()
 	daemon.Main(daemon.Spec{
 		Name:         "milter",
 		Section:      &cfg,
 		Metrics:      func() string { return cfg.Metrics },
 		DrainTimeout: 30 * time.Second,
 		Run: func(ctx context.Context, env *daemon.Env) error {
-			engine, err := policy.NewEngine(env.Config, &cfg, env.Log)
+			engine, err := mailpolicy.NewEngine(env.Config, &cfg.Config, env.Log)
 			if err != nil {
 				return err
 			}
