@@ -1,6 +1,8 @@
 # Every target loops over the Go modules of the workspace.
-MODULES := sidecar doveauth milter integration
+MODULES := sidecar doveauth milter admin integration
 DAEMON_MODULES := sidecar doveauth milter
+# Modules with unit tests but no daemon (and no fuzz targets).
+TOOL_MODULES := admin
 GO ?= go
 FUZZTIME ?= 10s
 STACK_DIR ?= /var/tmp/chatmail-stack
@@ -12,7 +14,7 @@ all: build
 
 build:
 	@for m in $(MODULES); do (cd $$m && $(GO) build ./...) || exit 1; done
-	$(GO) build -o bin/ chatmail.dev/doveauth/cmd/... chatmail.dev/milter/cmd/...
+	$(GO) build -o bin/ chatmail.dev/doveauth/cmd/... chatmail.dev/milter/cmd/... chatmail.dev/admin/cmd/...
 
 deps:
 	scripts/install-deps
@@ -22,7 +24,7 @@ deps:
 test: deps unit fuzz integration
 
 unit:
-	@for m in $(DAEMON_MODULES); do (cd $$m && $(GO) test -race -count=1 ./...) || exit 1; done
+	@for m in $(DAEMON_MODULES) $(TOOL_MODULES); do (cd $$m && $(GO) test -race -count=1 ./...) || exit 1; done
 
 integration:
 	cd integration && $(GO) test -count=1 -timeout 20m ./...
@@ -35,7 +37,8 @@ lint:
 	@for m in $(MODULES); do \
 		(cd $$m && $(GO) vet ./... && GOWORK=off $(GO) build ./... && GOWORK=off $(GO) vet ./... && $(GO) mod tidy -diff) || exit 1; \
 	done
-	@bash -n scripts/stack scripts/install-deps scripts/bench scripts/fuzz
+	@bash -n scripts/stack scripts/install-deps scripts/bench scripts/fuzz scripts/lint
+	GO=$(GO) scripts/lint $(MODULES)
 
 bench:
 	scripts/bench

@@ -13,9 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -23,11 +21,11 @@ import (
 	"time"
 
 	"chatmail.dev/doveauth/passhash"
-	"chatmail.dev/doveauth/socketmap"
 	"chatmail.dev/sidecar/accounts"
 	"chatmail.dev/sidecar/config"
 	"chatmail.dev/sidecar/dict"
 	"chatmail.dev/sidecar/logging"
+	"chatmail.dev/sidecar/socketmap"
 )
 
 // Store is what the service needs of the account store.
@@ -153,7 +151,7 @@ func (s *Service) passdb(ctx context.Context, rest string) (string, string, erro
 	case !errors.Is(err, accounts.ErrNotFound):
 		return "", "", err
 	}
-	if reason := s.refuseCreation(addr, local, password); reason != "" {
+	if reason := s.refuseCreation(local, password); reason != "" {
 		s.Metrics.reject(reason)
 		s.Log.Info("account creation refused", "reason", reason, logging.User(addr))
 		return "", "notfound", nil
@@ -198,7 +196,7 @@ func (s *Service) passdb(ctx context.Context, rest string) (string, string, erro
 }
 
 // refuseCreation returns why an account may not be created, or "".
-func (s *Service) refuseCreation(addr, local, password string) string {
+func (s *Service) refuseCreation(local, password string) string {
 	a := &s.Accounts
 	switch {
 	case a.Registration != "open":
@@ -212,11 +210,9 @@ func (s *Service) refuseCreation(addr, local, password string) string {
 	case len(password) > a.PasswordMaxLength:
 		return "long_password"
 	}
-	// Mail of a deleted account that is still being removed must never
-	// become readable to whoever registers the address next.
-	if _, err := os.Lstat(filepath.Join(a.MailboxesDir, addr)); !errors.Is(err, fs.ErrNotExist) {
-		return "mail_left"
-	}
+	// Mail of a deleted account is never inherited: its tombstone, written
+	// with the row's deletion, refuses the address in Store.Create while
+	// the mail is pending removal, whatever tombstone_lifetime says.
 	return ""
 }
 
@@ -242,13 +238,14 @@ func (s *Service) userdb(ctx context.Context, user string) (string, string, erro
 	}
 	now := time.Now()
 	if !s.userdbCache.has(addr, now) {
+		gen := s.userdbCache.generation()
 		if _, err := s.Store.Get(ctx, addr); err != nil {
 			if errors.Is(err, accounts.ErrNotFound) {
 				return "", "notfound", nil
 			}
 			return "", "", err
 		}
-		s.userdbCache.add(addr, now)
+		s.userdbCache.add(addr, gen, now)
 	}
 	return mustJSON(map[string]string{
 		"home": filepath.Join(s.Accounts.MailboxesDir, addr),

@@ -306,22 +306,35 @@ func FuzzLookupKey(f *testing.F) {
 	})
 }
 
-// A mail directory left by a deleted account blocks creating the address
-// anew until the mail is gone.
-func TestLeftoverMailBlocksCreation(t *testing.T) {
+// A mail directory without an account no longer blocks creation: doveauth
+// probes no filesystem (it may not see the mail directories at all, as
+// under ProtectHome=yes). Mail of a deleted account is kept from a new
+// registrant by its tombstone, which the store checks (accounts.Store.Create,
+// pending mail removal; TestDeletedAddressStaysDead and TestPendingMailTombstone
+// in the integration tests).
+func TestCreationProbesNoMailDirectory(t *testing.T) {
 	s, st, _ := newService(t)
 	s.Accounts.MailboxesDir = t.TempDir()
 	if err := os.Mkdir(filepath.Join(s.Accounts.MailboxesDir, "abcdefghi@chat.test"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if _, found, err := passdb(t, s, "abcdefghi@chat.test", "password123"); found || err != nil {
-		t.Errorf("creation over leftover mail: found=%v err=%v", found, err)
+	if err := os.Chmod(s.Accounts.MailboxesDir, 0); err != nil {
+		t.Fatal(err)
 	}
-	if len(st.accs) != 0 {
-		t.Error("account created over leftover mail")
+	t.Cleanup(func() {
+		if err := os.Chmod(s.Accounts.MailboxesDir, 0o700); err != nil {
+			t.Error(err)
+		}
+	})
+	if _, found, err := passdb(t, s, "abcdefghi@chat.test", "password123"); !found || err != nil {
+		t.Errorf("creation: found=%v err=%v", found, err)
 	}
-	os.Remove(filepath.Join(s.Accounts.MailboxesDir, "abcdefghi@chat.test"))
-	if _, found, _ := passdb(t, s, "abcdefghi@chat.test", "password123"); !found {
-		t.Error("creation refused once the mail is gone")
+	// A tombstone refuses the address.
+	st.tombs[string(testKey.Hash("zyxwvutsr@chat.test"))] = true
+	if _, found, err := passdb(t, s, "zyxwvutsr@chat.test", "password123"); found || err != nil {
+		t.Errorf("creation over a tombstone: found=%v err=%v", found, err)
+	}
+	if _, ok := st.accs["zyxwvutsr@chat.test"]; ok || len(st.accs) != 1 {
+		t.Errorf("accounts %v", st.accs)
 	}
 }

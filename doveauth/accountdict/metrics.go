@@ -20,7 +20,7 @@ type Metrics struct {
 var (
 	lookupKinds   = []string{"passdb", "userdb", "quota", "iterate", "sender_access", "other"}
 	lookupResults = []string{"found", "notfound", "created", "blocked", "tempfail", "ratelimited", "error", "ok"}
-	rejectReasons = []string{"registration_closed", "bad_localpart", "short_password", "long_password", "malformed", "mail_left", "rate_limited", "tombstone"}
+	rejectReasons = []string{"registration_closed", "bad_localpart", "short_password", "long_password", "malformed", "rate_limited", "tombstone"}
 )
 
 // NewMetrics registers the metrics with reg.

@@ -5,18 +5,16 @@ package server
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"time"
 
 	"chatmail.dev/doveauth/accountdict"
-	"chatmail.dev/doveauth/socketmap"
 	"chatmail.dev/sidecar/accounts"
 	"chatmail.dev/sidecar/config"
-	"chatmail.dev/sidecar/connserve"
 	"chatmail.dev/sidecar/daemon"
 	"chatmail.dev/sidecar/dict"
+	"chatmail.dev/sidecar/socketmap"
 	"chatmail.dev/sidecar/unixsock"
 )
 
@@ -52,14 +50,18 @@ func (c *Config) Validate() error {
 	return config.CheckLoopback("metrics", c.Metrics)
 }
 
-// Server is a configured doveauth.
-type Server struct{ cfg *Config }
+// MetricsAddr implements daemon.Section.
+func (c *Config) MetricsAddr() string { return c.Metrics }
 
-// New returns a doveauth that reads cfg when it runs.
-func New(cfg *Config) *Server { return &Server{cfg: cfg} }
+// DrainTimeout is doveauth's drain budget, from SIGTERM to exit: lookups
+// and commits in progress are answered within it (their own bound is the
+// query timeout). deploy/systemd/doveauth.service sets TimeoutStopSec
+// above it.
+const DrainTimeout = 10 * time.Second
 
-// Run serves until ctx ends, then drains.
-func (s *Server) Run(ctx context.Context, env *daemon.Env) error {
+// Run serves the dict socket and, if configured, the socketmap socket
+// until ctx ends, then drains.
+func Run(ctx context.Context, env *daemon.Env, cfg *Config) error {
 	if err := env.Config.RequirePostgres(); err != nil {
 		return err
 	}
@@ -86,56 +88,34 @@ func (s *Server) Run(ctx context.Context, env *daemon.Env) error {
 		Metrics:      accountdict.NewMetrics(env.Registry),
 		TombstoneKey: key,
 	}
+	// Account lifecycle (issue 9): block, unblock and delete drop the userdb cache via the store's notifications.
+	go store.WatchChanges(ctx, svc, env.Log)
 	gate := &migrationGate{next: svc}
 	go func() {
 		gate.migrate(ctx, store, env.Log)
 		purgeTombstones(ctx, store, env.Config.Accounts.TombstoneLifetime.D(), env.Log)
 	}()
 
-	ln, err := unixsock.Listen(s.cfg.Socket, uint32(s.cfg.SocketMode), s.cfg.SocketGroup)
+	ln, err := unixsock.Listen(cfg.Socket, uint32(cfg.SocketMode), cfg.SocketGroup)
 	if err != nil {
 		return err
 	}
 	timeout := env.Config.Postgres.QueryTimeout.D()
-	dictSrv := &dict.Server{Handler: gate, Log: env.Log, IdleTimeout: time.Minute, RequestTimeout: timeout}
-	errc := make(chan error, 2)
-	go func() { errc <- ignoreClosed(dictSrv.Serve(ln)) }()
-	servers := []interface{ Shutdown(context.Context) error }{dictSrv}
-	if s.cfg.Socketmap != "" {
-		mln, err := unixsock.Listen(s.cfg.Socketmap, uint32(s.cfg.SocketmapMode), s.cfg.SocketmapGroup)
+	servers := []daemon.Binding{daemon.On(&dict.Server{
+		Handler: gate, Log: env.Log, Panics: env.Panics, IdleTimeout: time.Minute, RequestTimeout: timeout,
+	}, ln)}
+	if cfg.Socketmap != "" {
+		mln, err := unixsock.Listen(cfg.Socketmap, uint32(cfg.SocketmapMode), cfg.SocketmapGroup)
 		if err != nil {
-			ln.Close()
+			_ = ln.Close() // the bind error is the one to report
 			return err
 		}
-		mapSrv := &socketmap.Server{Handler: gate.senderAccess(svc), Log: env.Log, IdleTimeout: time.Minute, RequestTimeout: timeout}
-		go func() { errc <- ignoreClosed(mapSrv.Serve(mln)) }()
-		servers = append(servers, mapSrv)
+		servers = append(servers, daemon.On(&socketmap.Server{
+			Handler: gate.senderAccess(svc), Log: env.Log, Panics: env.Panics, IdleTimeout: time.Minute, RequestTimeout: timeout,
+		}, mln))
 	}
-	env.Log.Info("serving", "socket", s.cfg.Socket, "socketmap", s.cfg.Socketmap)
-	select {
-	case err := <-errc:
-		if err == nil {
-			err = errors.New("listener closed")
-		}
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
-	defer cancel()
-	for _, srv := range servers {
-		if err := srv.Shutdown(sctx); err != nil {
-			return fmt.Errorf("drain: %w", err)
-		}
-	}
-	return nil
-}
-
-// ignoreClosed drops the error both servers return after Shutdown.
-func ignoreClosed(err error) error {
-	if errors.Is(err, connserve.ErrServerClosed) {
-		return nil
-	}
-	return err
+	env.Log.Info("serving", "socket", cfg.Socket, "socketmap", cfg.Socketmap)
+	return env.Serve(ctx, servers...)
 }
 
 // migrationGate answers "try again later" until the schema is in place, so

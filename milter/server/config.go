@@ -50,6 +50,9 @@ func (c *Config) Validate() error {
 	return c.Config.Validate()
 }
 
+// MetricsAddr implements daemon.Section.
+func (c *Config) MetricsAddr() string { return c.Metrics }
+
 // ParseListen splits a Postfix-style milter address, "unix:/path" or
 // "inet:host:port", into a network and address for net.Listen.
 func ParseListen(s string) (network, addr string, err error) {

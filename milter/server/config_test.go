@@ -1,6 +1,8 @@
 package server
 
 import (
+	"os"
+	"reflect"
 	"testing"
 
 	"chatmail.dev/sidecar/config"
@@ -36,5 +38,21 @@ key_file = "/nonexistent"
 		if _, err := config.Parse("[mail]\ndomains=[\"a.example\"]\n[milter]\n"+bad+"\n", "milter", &cfg); !config.IsError(err) {
 			t.Errorf("%s: got %v", bad, err)
 		}
+	}
+}
+
+// TestExampleIsDefaults: chatmail.toml.example shows the [milter] defaults,
+// so that the file an admin starts from says what the milter does without it.
+func TestExampleIsDefaults(t *testing.T) {
+	b, err := os.ReadFile("../../chatmail.toml.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := Defaults()
+	if _, err := config.Parse(string(b), "milter", &got); err != nil {
+		t.Fatal(err)
+	}
+	if want := Defaults(); !reflect.DeepEqual(got, want) {
+		t.Errorf("the example's [milter] differs from the defaults:\nexample  %+v\ndefaults %+v", got, want)
 	}
 }

@@ -9,6 +9,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emersion/go-milter"
+
+	"chatmail.dev/sidecar/connserve"
 	"chatmail.dev/sidecar/mailpolicy"
 )
 
@@ -17,44 +20,28 @@ import (
 // reused: Postfix opens a connection per SMTP session.
 var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
 
-// listener registers every accepted connection with the server.
-type listener struct {
-	net.Listener
-	s *Server
-}
-
-func (l *listener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	w := &conn{Conn: c, s: l.s, done: make(chan struct{})}
-	w.r = readers.Get().(*bufio.Reader)
-	w.r.Reset(c)
-	l.s.mu.Lock()
-	l.s.conns[w] = struct{}{}
-	l.s.wg.Add(1)
-	l.s.mu.Unlock()
-	l.s.metrics.Sessions.Inc()
-	return w, nil
-}
-
 // conn follows the milter packets going through it to know whether a
 // message is in progress, since go-milter offers no hook for that: a MAIL
-// command starts one, an abort or a final answer ends it. A draining
-// server ends the session at the first read outside a message.
+// command starts one (connserve's Busy), an abort or a final answer ends
+// it. When the server shuts down, the session ends at the first read
+// outside a message.
 type conn struct {
-	net.Conn
-	s *Server
+	*connserve.Conn
 	r *bufio.Reader // go-milter reads each packet in two reads
 
 	mu      sync.Mutex
-	busy    bool
-	lastCmd byte
+	lastCmd milter.Code
 	in, out packetScanner
 	closed  bool
 	done    chan struct{}   // closed by Close
 	txn     *mailpolicy.Txn // transaction in progress, ended by Close
+}
+
+func newConn(c *connserve.Conn) *conn {
+	w := &conn{Conn: c, done: make(chan struct{})}
+	w.r = readers.Get().(*bufio.Reader)
+	w.r.Reset(c)
+	return w
 }
 
 // setTxn records the transaction in progress on this connection.
@@ -66,25 +53,27 @@ func (c *conn) setTxn(t *mailpolicy.Txn) {
 
 func (c *conn) Read(p []byte) (int, error) {
 	for {
-		if c.s.isDraining() && !c.isBusy() {
+		if c.Closing() && !c.IsBusy() {
 			return 0, io.EOF
 		}
 		n, err := c.r.Read(p)
 		c.mu.Lock()
 		c.in.scan(p[:n], func(code byte) {
-			c.lastCmd = code
-			switch code {
-			case 'M':
-				c.busy = true
-			case 'A', 'Q':
-				c.busy = false
+			c.lastCmd = milter.Code(code)
+			switch milter.Code(code) {
+			case milter.CodeMail:
+				c.Busy(true)
+			case milter.CodeAbort, milter.CodeQuit:
+				c.Busy(false)
 			}
 		})
 		c.mu.Unlock()
-		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) && c.s.isDraining() {
-			if c.isBusy() {
+		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) && c.Closing() {
+			if c.IsBusy() {
 				// Woken while a message is in progress: keep serving it.
-				_ = c.Conn.SetReadDeadline(time.Time{})
+				if err := c.SetReadDeadline(time.Time{}); err != nil {
+					return 0, err
+				}
 				continue
 			}
 			return 0, io.EOF
@@ -98,32 +87,25 @@ func (c *conn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	c.out.scan(p[:n], func(code byte) {
 		switch code {
-		case 'c', '+', '-', 'b', 'h', 'm', 'i', 'q', 'e', 'O':
+		case byte(milter.ActContinue), byte(milter.CodeOptNeg),
+			byte(milter.ActAddRcpt), byte(milter.ActDelRcpt), byte(milter.ActReplBody),
+			byte(milter.ActAddHeader), byte(milter.ActChangeHeader), byte(milter.ActInsertHeader),
+			byte(milter.ActQuarantine), byte(milter.ActChangeFrom):
 			// continue, modifications and negotiation are not answers
-		case 'y':
-			if c.lastCmd != 'R' { // a refused recipient does not end the message
-				c.busy = false
+		case byte(milter.ActReplyCode):
+			if c.lastCmd != milter.CodeRcpt { // a refused recipient does not end the message
+				c.Busy(false)
 			}
 		default:
-			c.busy = false
+			c.Busy(false)
 		}
 	})
-	busy := c.busy
 	c.mu.Unlock()
-	if !busy && c.s.isDraining() {
-		c.wake()
+	if c.Closing() && !c.IsBusy() {
+		c.Wake() // the answer is out: end the session at its next read
 	}
 	return n, err
 }
-
-func (c *conn) isBusy() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.busy
-}
-
-// wake interrupts a blocked Read so that it can see the server draining.
-func (c *conn) wake() { _ = c.Conn.SetReadDeadline(time.Now()) }
 
 func (c *conn) Close() error {
 	c.mu.Lock()
@@ -146,11 +128,6 @@ func (c *conn) Close() error {
 			txn.Close()
 		}
 		close(c.done)
-		c.s.mu.Lock()
-		delete(c.s.conns, c)
-		c.s.mu.Unlock()
-		c.s.metrics.Sessions.Dec()
-		c.s.wg.Done()
 	}
 	return err
 }

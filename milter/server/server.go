@@ -1,6 +1,6 @@
-// Package server runs the policy as a Postfix milter (emersion/go-milter),
-// tracks sessions so that a shutdown can let messages in progress finish,
-// and exports metrics.
+// Package server runs the mail rules as a Postfix milter
+// (emersion/go-milter) on a connserve server, which tracks sessions so that
+// a shutdown lets messages in progress finish, and exports metrics.
 //
 // Postfix wiring (main.cf, or -o per smtpd service in master.cf):
 //
@@ -21,20 +21,45 @@ package server
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/textproto"
-	"sync"
 	"time"
 
 	"github.com/emersion/go-milter"
 
 	"chatmail.dev/sidecar/config"
+	"chatmail.dev/sidecar/connserve"
+	"chatmail.dev/sidecar/daemon"
 	"chatmail.dev/sidecar/logging"
 	"chatmail.dev/sidecar/mailpolicy"
 	"chatmail.dev/sidecar/unixsock"
 )
+
+// DrainTimeout is the milter's drain budget, from SIGTERM to exit: a
+// message in progress is answered within it (its own bound, EndTimeout, is
+// kept below the servers' share, daemon.Env.ShutdownTimeout).
+// deploy/systemd/chatmail-milter.service sets TimeoutStopSec above it.
+const DrainTimeout = 30 * time.Second
+
+// Run serves the milter socket until ctx ends, then drains.
+func Run(ctx context.Context, env *daemon.Env, cfg *Config) error {
+	engine, err := mailpolicy.NewEngine(env.Config, &cfg.Config, env.Log)
+	if err != nil {
+		return err
+	}
+	ln, err := Listen(cfg)
+	if err != nil {
+		return err
+	}
+	s := New(engine, env.Log, NewMetrics(env.Registry))
+	s.Panics = env.Panics
+	// Room for the DKIM key lookups, but never more than a drain leaves a
+	// message in progress (the default, 25 s, fits in 28 s).
+	s.EndTimeout = min(2*cfg.DNSTimeout.D()+5*time.Second, env.ShutdownTimeout())
+	env.Log.Info("entering serving loop", "listen", cfg.Listen)
+	return env.Serve(ctx, daemon.On(s, ln))
+}
 
 // Server serves the milter protocol.
 type Server struct {
@@ -43,55 +68,48 @@ type Server struct {
 	metrics *Metrics
 	// EndTimeout bounds the end-of-message decision (DKIM key lookups).
 	EndTimeout time.Duration
+	// Panics, if set, counts the panics recovered in callbacks.
+	Panics connserve.Counter
 
-	mu       sync.Mutex
-	conns    map[*conn]struct{}
-	draining bool
-	wg       sync.WaitGroup
+	conns connserve.Server
 }
 
 // New returns a server deciding with engine.
 func New(engine *mailpolicy.Engine, log *slog.Logger, m *Metrics) *Server {
-	return &Server{engine: engine, log: log, metrics: m, EndTimeout: 30 * time.Second, conns: make(map[*conn]struct{})}
+	return &Server{engine: engine, log: log, metrics: m, EndTimeout: 30 * time.Second}
 }
 
-// Serve accepts milter connections on ln until ctx ends, then stops
-// accepting, closes idle sessions and waits for sessions with a message in
-// progress to answer it.
-func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	tl := &listener{Listener: ln, s: s}
-	errc := make(chan error, 1)
-	go func() { errc <- s.accept(tl) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("milter listener: %w", err)
-	case <-ctx.Done():
-	}
-	_ = tl.Close() // accept returns with the Accept error, expected now
-	<-errc
-	s.drain()
-	s.wg.Wait()
-	return nil
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = connserve.ErrServerClosed
+
+// Serve accepts milter connections on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.conns.Log, s.conns.Panics = s.log, s.Panics
+	return s.conns.Serve(ln, s.serveConn)
 }
 
-// accept serves each connection with its own go-milter server, so that the
-// backends of a connection know it: go-milter never calls Abort when the
-// MTA goes away in the middle of a message, so the connection ends the
-// transaction in progress when it is closed.
-func (s *Server) accept(ln *listener) error {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return err
-		}
-		w := c.(*conn)
-		ms := &milter.Server{
-			NewMilter: func() milter.Milter { return &backend{s: s, c: w} },
-			Actions:   milter.OptAddHeader | milter.OptChangeHeader,
-			Protocol:  protocol,
-		}
-		go func() { _ = ms.Serve(&oneConn{c: w}) }()
+// Shutdown stops accepting, closes idle sessions, waits for sessions with
+// a message in progress to answer it and end, and returns; or closes what
+// is left when ctx ends first.
+func (s *Server) Shutdown(ctx context.Context) error { return s.conns.Shutdown(ctx) }
+
+// serveConn serves one connection with its own go-milter server, so that
+// the backends of a connection know it: go-milter never calls Abort when
+// the MTA goes away in the middle of a message, so the connection ends the
+// transaction in progress when it is closed. It returns when the session
+// has ended.
+func (s *Server) serveConn(cc *connserve.Conn) {
+	w := newConn(cc)
+	s.metrics.Sessions.Inc()
+	defer s.metrics.Sessions.Dec()
+	ms := &milter.Server{
+		NewMilter: func() milter.Milter { return &backend{s: s, c: w} },
+		Actions:   milter.OptAddHeader | milter.OptChangeHeader,
+		Protocol:  protocol,
 	}
+	// go-milter serves the session in a goroutine of its own; oneConn's
+	// second Accept returns once the session has closed the connection.
+	_ = ms.Serve(&oneConn{c: w}) // always the end of oneConn, nothing to report
 }
 
 // protocol asks Postfix for the events the policy needs and to wait for a
@@ -103,23 +121,6 @@ func (s *Server) accept(ln *listener) error {
 const protocol = milter.OptNoConnect | milter.OptNoHelo | milter.OptNoUnknown | milter.OptNoData |
 	milter.OptNoMailReply | milter.OptNoHeaderReply | milter.OptNoEOHReply | milter.OptNoBodyReply |
 	milter.OptHeaderLeadingSpace
-
-// drain marks the server as stopping and wakes idle sessions up so they
-// end; busy ones end after answering their message.
-func (s *Server) drain() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.draining = true
-	for c := range s.conns {
-		c.wake()
-	}
-}
-
-func (s *Server) isDraining() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.draining
-}
 
 // Listen opens the listener for a [milter] listen address. For a unix
 // socket it removes a stale socket first and sets mode and group.
@@ -190,7 +191,7 @@ func (b *backend) direction() mailpolicy.Direction {
 // answer.
 func (b *backend) guard(answer bool, resp *milter.Response, err *error) {
 	if p := recover(); p != nil {
-		b.s.log.Error("panic in milter callback", "panic", p)
+		b.s.conns.Recovered(p) // logged and counted
 		v := internal(b.direction())
 		b.setTxn(nil)
 		*resp, *err = nil, nil

@@ -3,11 +3,13 @@ package server
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,7 +25,7 @@ type harness struct {
 	sock   string
 	reg    *prometheus.Registry
 	m      *Metrics
-	cancel context.CancelFunc
+	cancel func() // shut the server down, as SIGTERM does
 	done   chan error
 }
 
@@ -61,14 +63,31 @@ func start(t testing.TB, edit func(*Config)) *harness {
 	h := &harness{sock: filepath.Join(dir, "s"), reg: prometheus.NewRegistry(), done: make(chan error, 1)}
 	h.m = NewMetrics(h.reg)
 	s := New(engine, log, h.m)
-	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel = cancel
-	go func() { h.done <- s.Serve(ctx, ln) }()
+	h.cancel = serve(t, s, ln, h.done)
 	t.Cleanup(func() {
-		cancel()
+		h.cancel()
 		<-h.done
 	})
 	return h
+}
+
+// serve runs s on ln. The function it returns starts a shutdown (once),
+// as SIGTERM does; done gets the result when the drain has ended.
+func serve(t testing.TB, s *Server, ln net.Listener, done chan error) (shutdown func()) {
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			go func() {
+				err := s.Shutdown(context.Background())
+				if serr := <-served; !errors.Is(serr, ErrServerClosed) {
+					t.Errorf("Serve: %v", serr)
+				}
+				done <- err
+			}()
+		})
+	}
 }
 
 func (h *harness) session(t testing.TB) *milter.ClientSession {
@@ -248,7 +267,7 @@ func TestDrain(t *testing.T) {
 	h.cancel()
 	select {
 	case err := <-h.done:
-		t.Fatalf("Serve returned with a message in progress: %v", err)
+		t.Fatalf("the drain ended with a message in progress: %v", err)
 	case <-time.After(200 * time.Millisecond):
 	}
 	// New connections are refused.
@@ -266,7 +285,7 @@ func TestDrain(t *testing.T) {
 			t.Fatal(err)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("Serve did not return after the last message")
+		t.Fatal("the drain did not end after the last message")
 	}
 	h.done <- nil // for the cleanup
 }
@@ -303,9 +322,54 @@ func startBroken(t *testing.T, m *Metrics) *harness {
 		t.Fatal(err)
 	}
 	s := New(nil, slog.New(slog.DiscardHandler), m)
-	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln) }()
+	cancel := serve(t, s, ln, done)
 	t.Cleanup(func() { cancel(); <-done })
 	return &harness{sock: filepath.Join(dir, "s"), m: m}
+}
+
+type panicCounter struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *panicCounter) Inc() { c.mu.Lock(); c.n++; c.mu.Unlock() }
+
+// TestCallbackPanicCounted checks that a panic in a callback (here MAIL
+// with no engine) is counted in the daemon's panics counter, and that the
+// server goes on serving sessions.
+func TestCallbackPanicCounted(t *testing.T) {
+	dir, err := os.MkdirTemp("", "m") // short: unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	ln, err := net.Listen("unix", filepath.Join(dir, "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(nil, slog.New(slog.DiscardHandler), NewMetrics(prometheus.NewRegistry()))
+	panics := &panicCounter{}
+	s.Panics = panics
+	done := make(chan error, 1)
+	shutdown := serve(t, s, ln, done)
+	h := &harness{sock: filepath.Join(dir, "s")}
+	for i := range 2 {
+		sess := h.session(t)
+		if act := begin(t, sess, "", "carol@other.example", "bob@chat.example"); act == nil || act.SMTPCode != 451 {
+			t.Fatalf("session %d: RCPT after a failed MAIL: %+v, want 451", i, act)
+		}
+		if err := sess.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shutdown()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	panics.mu.Lock()
+	defer panics.mu.Unlock()
+	if panics.n != 2 {
+		t.Errorf("panics counted: %d, want 2", panics.n)
+	}
 }

@@ -229,18 +229,26 @@ func (s *Store) UpdateQuota(ctx context.Context, address string, q Quota) error 
 	return err
 }
 
-// SetBlocked blocks or unblocks an account.
+// SetBlocked blocks or unblocks an account, and tells the caches
+// (WatchChanges) in the same transaction.
 func (s *Store) SetBlocked(ctx context.Context, address string, blocked bool) error {
-	tag, err := s.pool.Exec(ctx, `UPDATE accounts SET blocked = $2 WHERE address = $1`, address, blocked)
-	if err == nil && tag.RowsAffected() == 0 {
-		return ErrNotFound
-	}
-	return err
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE accounts SET blocked = $2 WHERE address = $1`, address, blocked)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return ErrNotFound
+		}
+		return notifyChanged(ctx, tx, address)
+	})
 }
 
 // Delete removes an account's row and leaves its tombstone
-// (TombstoneKey.Hash of the address), in one transaction. The caller removes
-// its mail.
+// (TombstoneKey.Hash of the address) with its mail pending removal, and
+// tells the caches (WatchChanges), in one transaction. The caller then
+// removes the mail and calls MailRemoved; until then the tombstone refuses
+// the address whatever its age (see Create) and is never purged.
 func (s *Store) Delete(ctx context.Context, address string, tombstone []byte) error {
 	if len(tombstone) != sha256.Size {
 		return errNoTombstone
@@ -256,9 +264,11 @@ func (s *Store) Delete(ctx context.Context, address string, tombstone []byte) er
 		if tag.RowsAffected() == 0 {
 			return ErrNotFound
 		}
-		_, err = tx.Exec(ctx, `INSERT INTO tombstones (address_hmac) VALUES ($1)
-			ON CONFLICT (address_hmac) DO UPDATE SET created_at = now()`, tombstone)
-		return err
+		if _, err = tx.Exec(ctx, `INSERT INTO tombstones (address_hmac, mail_pending) VALUES ($1, true)
+			ON CONFLICT (address_hmac) DO UPDATE SET created_at = now(), mail_pending = true`, tombstone); err != nil {
+			return err
+		}
+		return notifyChanged(ctx, tx, address)
 	})
 }
 

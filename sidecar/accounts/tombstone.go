@@ -110,22 +110,38 @@ func lockAddress(ctx context.Context, tx pgx.Tx, tombstone []byte) error {
 	return err
 }
 
-// tombstoned reports whether a live tombstone exists. Called after
-// lockAddress, its statement sees every deletion committed before.
+// tombstoned reports whether a live tombstone exists: younger than
+// lifetime (any age when it is 0), or with its mail not yet removed. Called
+// after lockAddress, its statement sees every deletion committed before.
 func tombstoned(ctx context.Context, tx pgx.Tx, tombstone []byte, lifetime time.Duration) (bool, error) {
 	var dead bool
 	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tombstones WHERE address_hmac = $1
-		AND ($2::bigint = 0 OR created_at > now() - $2::bigint * interval '1 microsecond'))`,
+		AND (mail_pending OR $2::bigint = 0 OR created_at > now() - $2::bigint * interval '1 microsecond'))`,
 		tombstone, lifetime.Microseconds()).Scan(&dead)
 	return dead, err
 }
 
+// MailPending reports whether the tombstone exists with its account's mail
+// not yet removed: a deletion that stopped between the row and the mail.
+func (s *Store) MailPending(ctx context.Context, tombstone []byte) (bool, error) {
+	var pending bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tombstones WHERE address_hmac = $1 AND mail_pending)`, tombstone).Scan(&pending)
+	return pending, err
+}
+
+// MailRemoved records that the mail of the tombstone's account is gone, so
+// the tombstone ages (tombstone_lifetime) like any other.
+func (s *Store) MailRemoved(ctx context.Context, tombstone []byte) error {
+	_, err := s.pool.Exec(ctx, `UPDATE tombstones SET mail_pending = false WHERE address_hmac = $1`, tombstone)
+	return err
+}
+
 // PurgeTombstones removes tombstones older than lifetime (none when it is
-// 0, forever) and returns how many.
+// 0, forever) whose mail was removed, and returns how many.
 func (s *Store) PurgeTombstones(ctx context.Context, lifetime time.Duration) (int64, error) {
 	if lifetime <= 0 {
 		return 0, nil
 	}
-	tag, err := s.pool.Exec(ctx, `DELETE FROM tombstones WHERE created_at <= now() - $1::bigint * interval '1 microsecond'`, lifetime.Microseconds())
+	tag, err := s.pool.Exec(ctx, `DELETE FROM tombstones WHERE NOT mail_pending AND created_at <= now() - $1::bigint * interval '1 microsecond'`, lifetime.Microseconds())
 	return tag.RowsAffected(), err
 }

@@ -1,6 +1,17 @@
 // Package daemon holds what every chatmail daemon's main does the same way:
 // flags, config loading with exit code 2 on errors, logging with the No-Log
-// switch, signal handling and the metrics listener.
+// switch, the metrics listener with the panics counter and build_info,
+// systemd readiness and stopping notifications, signal handling, and one
+// drain budget from which the servers' shutdown budget derives.
+//
+// A daemon's main is one call:
+//
+//	daemon.Main(daemon.Spec[*server.Config]{
+//		Name: "doveauth", Section: &cfg, DrainTimeout: server.DrainTimeout, Run: server.Run,
+//	})
+//
+// where Run opens what the daemon needs, binds its listeners and hands its
+// protocol servers to Env.Serve, which serves until SIGTERM and drains.
 package daemon
 
 import (
@@ -9,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -17,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"chatmail.dev/sidecar/config"
+	"chatmail.dev/sidecar/connserve"
 	"chatmail.dev/sidecar/logging"
 	"chatmail.dev/sidecar/metrics"
 )
@@ -31,30 +44,109 @@ const (
 // DefaultConfigPath is where daemons look without -config.
 const DefaultConfigPath = "/etc/chatmail/chatmail.toml"
 
-// Env is what a daemon's run function gets.
+// ExitMargin is the part of the drain budget kept for what follows the
+// servers' shutdown: closing the store and the metrics listener.
+const ExitMargin = 2 * time.Second
+
+// Section is a daemon's own section of the config file, as a pointer to
+// the struct that holds its defaults.
+type Section interface {
+	config.Validator
+	// MetricsAddr is the loopback address of the metrics listener.
+	MetricsAddr() string
+}
+
+// Spec describes a daemon to Main.
+type Spec[S Section] struct {
+	// Name is the daemon's section in the config file, e.g. "doveauth",
+	// and the middle of its metric names (chatmail_<name>_...).
+	Name string
+	// Section holds the defaults; Main fills it from the file.
+	Section S
+	// DrainTimeout is the daemon's one drain budget: the time from SIGTERM
+	// to exit. The servers' shutdown gets DrainTimeout-ExitMargin. The
+	// systemd unit's TimeoutStopSec must be larger.
+	DrainTimeout time.Duration
+	// Run opens what the daemon needs and serves with Env.Serve until ctx
+	// ends (SIGTERM/SIGINT), then returns. A *config.Error return means
+	// exit code 2.
+	Run func(ctx context.Context, env *Env, section S) error
+}
+
+// Env is what a daemon's Run gets.
 type Env struct {
 	Config   *config.Common
 	Log      *slog.Logger
 	NoLog    *logging.NoLog
 	Registry *prometheus.Registry
-}
-
-// Spec describes a daemon to Main.
-type Spec struct {
-	Name    string // section name in the config file, e.g. "doveauth"
-	Section any    // pointer to the daemon's section, holding its defaults
-	// Metrics returns the metrics listen address from the loaded section.
-	Metrics func() string
-	// Run serves until ctx is cancelled (SIGTERM/SIGINT), then drains and
-	// returns. A *config.Error return means exit code 2.
-	Run func(ctx context.Context, env *Env) error
-	// DrainTimeout bounds how long Run may take after ctx is cancelled
-	// before the process exits anyway.
+	// Panics is chatmail_<daemon>_panics_total; every server counts the
+	// panics it recovers there.
+	Panics prometheus.Counter
+	// DrainTimeout is Spec.DrainTimeout.
 	DrainTimeout time.Duration
 }
 
+// ShutdownTimeout is the servers' share of the drain budget: how long a
+// request in progress at SIGTERM may still take to be answered. A per-request
+// timeout longer than this cannot be honoured during a drain.
+func (e *Env) ShutdownTimeout() time.Duration {
+	return max(e.DrainTimeout-ExitMargin, e.DrainTimeout/2)
+}
+
+// Server is a protocol server in the net/http shape: Serve(ln) until
+// Shutdown(ctx), after which Serve returns connserve.ErrServerClosed.
+type Server interface {
+	Serve(ln net.Listener) error
+	Shutdown(ctx context.Context) error
+}
+
+// Binding is a server with the listener it serves.
+type Binding struct {
+	Server   Server
+	Listener net.Listener
+}
+
+// On binds srv to ln for Env.Serve.
+func On(srv Server, ln net.Listener) Binding { return Binding{srv, ln} }
+
+// Serve runs every server on its listener and tells systemd the daemon is
+// ready (the listeners are bound, so nothing connects in vain from now
+// on). When ctx ends it shuts the servers down within ShutdownTimeout and
+// returns; when a server fails, it shuts the others down and returns the
+// failure.
+func (e *Env) Serve(ctx context.Context, bs ...Binding) error {
+	errc := make(chan error, len(bs))
+	for _, b := range bs {
+		go func() {
+			err := b.Server.Serve(b.Listener)
+			if errors.Is(err, connserve.ErrServerClosed) {
+				err = nil
+			} else if err == nil {
+				err = errors.New("listener closed")
+			}
+			errc <- err
+		}()
+	}
+	if err := Notify("READY=1"); err != nil {
+		e.Log.Warn("cannot tell systemd the daemon is ready", "err", err)
+	}
+	var failed error
+	select {
+	case <-ctx.Done():
+	case failed = <-errc:
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), e.ShutdownTimeout())
+	defer cancel()
+	for _, b := range bs {
+		if err := b.Server.Shutdown(sctx); err != nil && failed == nil {
+			failed = fmt.Errorf("drain: %w", err)
+		}
+	}
+	return failed
+}
+
 // Main parses flags, loads the config, runs the daemon and exits.
-func Main(spec Spec) {
+func Main[S Section](spec Spec[S]) {
 	fs := flag.NewFlagSet(spec.Name, flag.ContinueOnError)
 	path := fs.String("config", DefaultConfigPath, "path of the chatmail config file")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -67,7 +159,7 @@ func Main(spec Spec) {
 	os.Exit(run(spec, *path))
 }
 
-func run(spec Spec, path string) int {
+func run[S Section](spec Spec[S], path string) int {
 	cfg, err := config.Load(path, spec.Name, spec.Section)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", spec.Name, err)
@@ -82,32 +174,42 @@ func run(spec Spec, path string) int {
 	log := logging.New(os.Stderr, logging.ParseLevel(cfg.Log.Level), nolog).With("daemon", spec.Name)
 
 	reg := metrics.NewRegistry()
-	ms, err := metrics.Listen(spec.Metrics(), reg, log)
+	metrics.RegisterBuildInfo(reg, spec.Name)
+	env := &Env{
+		Config: cfg, Log: log, NoLog: nolog, Registry: reg,
+		Panics:       metrics.NewPanics(reg, spec.Name),
+		DrainTimeout: spec.DrainTimeout,
+	}
+	if env.DrainTimeout <= 0 {
+		env.DrainTimeout = 10 * time.Second
+	}
+	ms, err := metrics.Listen(spec.Section.MetricsAddr(), reg, log)
 	if err != nil {
 		log.Error("cannot listen for metrics", "err", err)
 		return ExitFailure
 	}
 
 	done := make(chan error, 1)
-	go func() { done <- spec.Run(ctx, &Env{Config: cfg, Log: log, NoLog: nolog, Registry: reg}) }()
+	go func() { done <- spec.Run(ctx, env, spec.Section) }()
 	select {
 	case err = <-done:
 	case <-ctx.Done():
-		log.Info("stopping: draining in-flight work")
+		log.Info("stopping: draining in-flight work", "budget", env.DrainTimeout)
 		stop() // a second signal kills the process the default way
-		drain := spec.DrainTimeout
-		if drain == 0 {
-			drain = 10 * time.Second
+		if err := Notify("STOPPING=1"); err != nil {
+			log.Warn("cannot tell systemd the daemon is stopping", "err", err)
 		}
 		select {
 		case err = <-done:
-		case <-time.After(drain):
+		case <-time.After(env.DrainTimeout):
 			err = errors.New("drain timed out")
 		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	_ = ms.Shutdown(sctx) // best effort; the process is exiting
+	if err := ms.Shutdown(sctx); err != nil {
+		log.Debug("metrics listener did not stop cleanly", "err", err) // the process is exiting
+	}
 	switch {
 	case err == nil:
 		log.Info("stopped")

@@ -15,6 +15,9 @@ type section struct {
 	Metrics string `toml:"metrics"`
 }
 
+func (s *section) Validate() error     { return nil }
+func (s *section) MetricsAddr() string { return s.Metrics }
+
 func writeConfig(t *testing.T, text string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "chatmail.toml")
@@ -26,22 +29,26 @@ func writeConfig(t *testing.T, text string) string {
 
 const good = "[mail]\ndomains = [\"chat.test\"]\n[log]\nnolog_file = \"\"\n[doveauth]\nmetrics = \"127.0.0.1:0\"\n"
 
-func spec(sec *section, run func(ctx context.Context, env *Env) error) Spec {
-	return Spec{Name: "doveauth", Section: sec, Metrics: func() string { return sec.Metrics }, Run: run, DrainTimeout: time.Second}
+type runFunc = func(ctx context.Context, env *Env, sec *section) error
+
+func spec(sec *section, run runFunc) Spec[*section] {
+	return Spec[*section]{Name: "doveauth", Section: sec, Run: run, DrainTimeout: time.Second}
 }
 
 func TestExitCodes(t *testing.T) {
-	ok := func(ctx context.Context, env *Env) error { return nil }
+	ok := func(context.Context, *Env, *section) error { return nil }
 	for _, c := range []struct {
 		name, config string
-		run          func(ctx context.Context, env *Env) error
+		run          runFunc
 		want         int
 	}{
 		{"clean", good, ok, ExitOK},
 		{"missing file", "", ok, ExitConfig},
 		{"unknown key", good + "sockett = \"x\"\n", ok, ExitConfig},
-		{"config error at run time", good, func(context.Context, *Env) error { return &config.Error{Key: "postgres.dsn", Msg: "must be set"} }, ExitConfig},
-		{"runtime failure", good, func(context.Context, *Env) error { return os.ErrPermission }, ExitFailure},
+		{"config error at run time", good, func(context.Context, *Env, *section) error {
+			return &config.Error{Key: "postgres.dsn", Msg: "must be set"}
+		}, ExitConfig},
+		{"runtime failure", good, func(context.Context, *Env, *section) error { return os.ErrPermission }, ExitFailure},
 	} {
 		path := "/nonexistent/chatmail.toml"
 		if c.config != "" {
@@ -59,7 +66,7 @@ func TestSIGTERMDrains(t *testing.T) {
 	started := make(chan struct{})
 	code := make(chan int, 1)
 	go func() {
-		code <- run(spec(&section{}, func(ctx context.Context, env *Env) error {
+		code <- run(spec(&section{}, func(ctx context.Context, env *Env, _ *section) error {
 			close(started)
 			<-ctx.Done()
 			close(drained)

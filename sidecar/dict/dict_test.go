@@ -74,7 +74,7 @@ func (h *fakeHandler) Commit(ctx context.Context, tx *Tx) error {
 	return nil
 }
 
-func startServer(t *testing.T, h Handler) (*Server, string) {
+func startServer(t *testing.T, h Handler, opts ...func(*Server)) (*Server, string) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "d.sock")
 	ln, err := net.Listen("unix", sock)
@@ -82,6 +82,9 @@ func startServer(t *testing.T, h Handler) (*Server, string) {
 		t.Fatal(err)
 	}
 	s := &Server{Handler: h, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), IdleTimeout: time.Minute}
+	for _, o := range opts {
+		o(s)
+	}
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ln) }()
 	t.Cleanup(func() {
@@ -227,5 +230,50 @@ func TestShutdownClosesIdleConnections(t *testing.T) {
 	defer cancel()
 	if err := s.Shutdown(ctx); err != nil {
 		t.Fatalf("shutdown with an idle connection: %v", err)
+	}
+}
+
+// panicky panics on the key "boom".
+type panicky struct{ fakeHandler }
+
+func (h *panicky) Lookup(ctx context.Context, req Lookup) (string, bool, error) {
+	if req.Key == "shared/boom" {
+		panic("handler bug")
+	}
+	return h.fakeHandler.Lookup(ctx, req)
+}
+
+type panicCounter struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *panicCounter) Inc() { c.mu.Lock(); c.n++; c.mu.Unlock() }
+
+// A panic in the handler closes that connection without a reply, is
+// counted, and the server goes on answering.
+func TestHandlerPanic(t *testing.T) {
+	h := &panicky{fakeHandler{values: map[string]string{"shared/k": "v"}}}
+	panics := &panicCounter{}
+	_, sock := startServer(t, h, func(s *Server) { s.Panics = panics })
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, hello+"Lshared/boom\tu@x\n"); err != nil {
+		t.Fatal(err)
+	}
+	if reply, err := bufio.NewReader(c).ReadString('\n'); err == nil {
+		t.Fatalf("reply %q to a request whose handler panicked", reply)
+	}
+	if got := exchange(t, sock, hello+"Lshared/k\tu@x\n", 1); got[0] != "Ov" {
+		t.Errorf("after a panic: %q", got)
+	}
+	panics.mu.Lock()
+	defer panics.mu.Unlock()
+	if panics.n != 1 {
+		t.Errorf("panics counted: %d, want 1", panics.n)
 	}
 }

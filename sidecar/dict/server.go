@@ -111,6 +111,9 @@ type Server struct {
 	IdleTimeout time.Duration
 	// RequestTimeout bounds one handler call.
 	RequestTimeout time.Duration
+	// Panics, if set, counts the panics recovered in the handler; the
+	// connection ends, the server goes on.
+	Panics connserve.Counter
 
 	conns connserve.Server
 }
@@ -125,7 +128,7 @@ var ErrServerClosed = connserve.ErrServerClosed
 
 // Serve accepts connections on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
-	s.conns.Log = s.Log
+	s.conns.Log, s.conns.Panics = s.Log, s.Panics
 	return s.conns.Serve(ln, s.serveConn)
 }
 
@@ -134,9 +137,9 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error { return s.conns.Shutdown(ctx) }
 
 type conn struct {
-	srv   *Server
-	hello Hello
-	txs   map[uint64]*Tx
+	srv      *Server
+	greeting Hello // from H
+	txs      map[uint64]*Tx
 }
 
 func (s *Server) serveConn(nc *connserve.Conn) {
@@ -213,146 +216,185 @@ func (c *conn) handle(line string, w *bufio.Writer) error {
 	}
 	switch cmd {
 	case 'H':
-		if len(f) < 5 {
-			return fmt.Errorf("hello with %d fields, want 5", len(f))
-		}
-		c.hello.Major, _ = strconv.Atoi(f[0])
-		c.hello.Minor, _ = strconv.Atoi(f[1])
-		c.hello.User, c.hello.DictName = f[3], f[4]
-		if c.hello.Major != 3 && c.hello.Major != 2 {
-			return fmt.Errorf("unsupported dict protocol version %d.%d", c.hello.Major, c.hello.Minor)
-		}
-		return nil
+		return c.hello(f)
 	case 'L':
-		req := Lookup{Hello: &c.hello, Key: f[0], User: c.hello.User}
-		if len(f) > 1 {
-			req.User = f[1]
-		}
-		ctx, cancel := c.ctx()
-		v, found, err := c.srv.Handler.Lookup(ctx, req)
-		cancel()
-		switch {
-		case err != nil:
-			w.WriteString("F")
-			w.WriteString(Escape(err.Error()))
-		case found:
-			w.WriteString("O")
-			w.WriteString(Escape(v))
-		default:
-			w.WriteString("N")
-		}
-		return w.WriteByte('\n')
+		return c.lookup(f, w)
 	case 'I':
-		if len(f) < 3 {
-			return fmt.Errorf("iterate with %d fields, want at least 3", len(f))
-		}
-		flags, err1 := strconv.ParseUint(f[0], 10, 32)
-		maxRows, err2 := strconv.ParseUint(f[1], 10, 64)
-		if err1 != nil || err2 != nil {
-			return errors.New("iterate with non-numeric flags or row limit")
-		}
-		req := Iterate{Hello: &c.hello, Flags: uint(flags), MaxRows: maxRows, Path: f[2], User: c.hello.User}
-		if len(f) > 3 {
-			req.User = f[3]
-		}
-		// An iteration streams every row: bounded by the write deadline,
-		// not by the per-request timeout meant for lookups.
-		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
-		defer cancel()
-		var rows uint64
-		err := c.srv.Handler.Iterate(ctx, req, func(k, v string) error {
-			if req.MaxRows > 0 && rows >= req.MaxRows {
-				return errStopIteration
-			}
-			rows++
-			w.WriteString("O")
-			w.WriteString(Escape(k))
-			w.WriteByte('\t')
-			if req.Flags&IterNoValue == 0 {
-				w.WriteString(Escape(v))
-			}
-			return w.WriteByte('\n')
-		})
-		if err != nil && !errors.Is(err, errStopIteration) {
-			w.WriteString("F")
-			w.WriteString(Escape(err.Error()))
-		}
-		return w.WriteByte('\n')
+		return c.iterate(f, w)
 	case 'B':
-		id, err := strconv.ParseUint(f[0], 10, 32)
-		if err != nil {
-			return errors.New("non-numeric transaction id")
-		}
-		if c.txs == nil {
-			c.txs = map[uint64]*Tx{}
-		}
-		if len(c.txs) >= maxTransactions {
-			return fmt.Errorf("more than %d open transactions", maxTransactions)
-		}
-		if _, dup := c.txs[id]; dup {
-			return fmt.Errorf("transaction %d begun twice", id)
-		}
-		tx := &Tx{Hello: &c.hello, ID: id, User: c.hello.User}
-		if len(f) > 1 {
-			tx.User = f[1]
-		}
-		c.txs[id] = tx
-		return nil
+		return c.begin(f)
 	case 'S', 'U', 'A', 'T':
-		tx, err := c.tx(f[0])
-		if err != nil {
-			return err
-		}
-		if len(tx.Ops) >= maxOps {
-			return fmt.Errorf("more than %d changes in one transaction", maxOps)
-		}
-		switch {
-		case cmd == 'S' && len(f) == 3:
-			tx.Ops = append(tx.Ops, Op{Kind: OpSet, Key: f[1], Value: f[2]})
-		case cmd == 'U' && len(f) == 2:
-			tx.Ops = append(tx.Ops, Op{Kind: OpUnset, Key: f[1]})
-		case cmd == 'A' && len(f) == 3:
-			d, err := strconv.ParseInt(f[2], 10, 64)
-			if err != nil {
-				return errors.New("atomic increment by a non-number")
-			}
-			tx.Ops = append(tx.Ops, Op{Kind: OpAtomicInc, Key: f[1], Diff: d})
-		case cmd == 'T':
-			// Timestamps only matter to backends that version values.
-		default:
-			return fmt.Errorf("%c command with %d fields", cmd, len(f))
-		}
-		return nil
+		return c.change(cmd, f)
 	case 'R':
-		tx, err := c.tx(f[0])
-		if err != nil {
-			return err
-		}
-		delete(c.txs, tx.ID)
-		return nil
+		return c.rollback(f)
 	case 'C', 'D':
-		tx, err := c.tx(f[0])
-		if err != nil {
-			return err
-		}
-		delete(c.txs, tx.ID)
-		ctx, cancel := c.ctx()
-		err = c.srv.Handler.Commit(ctx, tx)
-		cancel()
-		if cmd == 'D' {
-			w.WriteByte('A')
-		}
-		switch {
-		case err == nil:
-			fmt.Fprintf(w, "O%d", tx.ID)
-		case errors.Is(err, ErrNotFound):
-			fmt.Fprintf(w, "N%d", tx.ID)
-		default:
-			fmt.Fprintf(w, "F%d\t%s", tx.ID, Escape(err.Error()))
-		}
-		return w.WriteByte('\n')
+		return c.commit(cmd == 'D', f, w)
 	}
 	return fmt.Errorf("unknown command %q", cmd)
+}
+
+// hello (H) starts the session: protocol version, user, dict name. It has
+// no reply.
+func (c *conn) hello(f []string) error {
+	if len(f) < 5 {
+		return fmt.Errorf("hello with %d fields, want 5", len(f))
+	}
+	c.greeting.Major, _ = strconv.Atoi(f[0])
+	c.greeting.Minor, _ = strconv.Atoi(f[1])
+	c.greeting.User, c.greeting.DictName = f[3], f[4]
+	if c.greeting.Major != 3 && c.greeting.Major != 2 {
+		return fmt.Errorf("unsupported dict protocol version %d.%d", c.greeting.Major, c.greeting.Minor)
+	}
+	return nil
+}
+
+// lookup (L) answers one key: O<value>, N or F<error>.
+func (c *conn) lookup(f []string, w *bufio.Writer) error {
+	req := Lookup{Hello: &c.greeting, Key: f[0], User: c.greeting.User}
+	if len(f) > 1 {
+		req.User = f[1]
+	}
+	ctx, cancel := c.ctx()
+	v, found, err := c.srv.Handler.Lookup(ctx, req)
+	cancel()
+	switch {
+	case err != nil:
+		w.WriteString("F")
+		w.WriteString(Escape(err.Error()))
+	case found:
+		w.WriteString("O")
+		w.WriteString(Escape(v))
+	default:
+		w.WriteString("N")
+	}
+	return w.WriteByte('\n')
+}
+
+// iterate (I) streams O<key>\t<value> rows, then an empty line (after
+// F<error> if the iteration failed).
+func (c *conn) iterate(f []string, w *bufio.Writer) error {
+	if len(f) < 3 {
+		return fmt.Errorf("iterate with %d fields, want at least 3", len(f))
+	}
+	flags, err1 := strconv.ParseUint(f[0], 10, 32)
+	maxRows, err2 := strconv.ParseUint(f[1], 10, 64)
+	if err1 != nil || err2 != nil {
+		return errors.New("iterate with non-numeric flags or row limit")
+	}
+	req := Iterate{Hello: &c.greeting, Flags: uint(flags), MaxRows: maxRows, Path: f[2], User: c.greeting.User}
+	if len(f) > 3 {
+		req.User = f[3]
+	}
+	// An iteration streams every row: bounded by the write deadline,
+	// not by the per-request timeout meant for lookups.
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	defer cancel()
+	var rows uint64
+	err := c.srv.Handler.Iterate(ctx, req, func(k, v string) error {
+		if req.MaxRows > 0 && rows >= req.MaxRows {
+			return errStopIteration
+		}
+		rows++
+		w.WriteString("O")
+		w.WriteString(Escape(k))
+		w.WriteByte('\t')
+		if req.Flags&IterNoValue == 0 {
+			w.WriteString(Escape(v))
+		}
+		return w.WriteByte('\n')
+	})
+	if err != nil && !errors.Is(err, errStopIteration) {
+		w.WriteString("F")
+		w.WriteString(Escape(err.Error()))
+	}
+	return w.WriteByte('\n')
+}
+
+// begin (B) opens a transaction. It has no reply.
+func (c *conn) begin(f []string) error {
+	id, err := strconv.ParseUint(f[0], 10, 32)
+	if err != nil {
+		return errors.New("non-numeric transaction id")
+	}
+	if c.txs == nil {
+		c.txs = map[uint64]*Tx{}
+	}
+	if len(c.txs) >= maxTransactions {
+		return fmt.Errorf("more than %d open transactions", maxTransactions)
+	}
+	if _, dup := c.txs[id]; dup {
+		return fmt.Errorf("transaction %d begun twice", id)
+	}
+	tx := &Tx{Hello: &c.greeting, ID: id, User: c.greeting.User}
+	if len(f) > 1 {
+		tx.User = f[1]
+	}
+	c.txs[id] = tx
+	return nil
+}
+
+// change (S set, U unset, A atomic increment, T timestamp) adds an
+// operation to a transaction. It has no reply.
+func (c *conn) change(cmd byte, f []string) error {
+	tx, err := c.tx(f[0])
+	if err != nil {
+		return err
+	}
+	if len(tx.Ops) >= maxOps {
+		return fmt.Errorf("more than %d changes in one transaction", maxOps)
+	}
+	switch {
+	case cmd == 'S' && len(f) == 3:
+		tx.Ops = append(tx.Ops, Op{Kind: OpSet, Key: f[1], Value: f[2]})
+	case cmd == 'U' && len(f) == 2:
+		tx.Ops = append(tx.Ops, Op{Kind: OpUnset, Key: f[1]})
+	case cmd == 'A' && len(f) == 3:
+		d, err := strconv.ParseInt(f[2], 10, 64)
+		if err != nil {
+			return errors.New("atomic increment by a non-number")
+		}
+		tx.Ops = append(tx.Ops, Op{Kind: OpAtomicInc, Key: f[1], Diff: d})
+	case cmd == 'T':
+		// Timestamps only matter to backends that version values.
+	default:
+		return fmt.Errorf("%c command with %d fields", cmd, len(f))
+	}
+	return nil
+}
+
+// rollback (R) drops a transaction. It has no reply.
+func (c *conn) rollback(f []string) error {
+	tx, err := c.tx(f[0])
+	if err != nil {
+		return err
+	}
+	delete(c.txs, tx.ID)
+	return nil
+}
+
+// commit (C, or D for the asynchronous commit whose reply starts with A)
+// applies a transaction: O<id>, N<id> or F<id>\t<error>.
+func (c *conn) commit(async bool, f []string, w *bufio.Writer) error {
+	tx, err := c.tx(f[0])
+	if err != nil {
+		return err
+	}
+	delete(c.txs, tx.ID)
+	ctx, cancel := c.ctx()
+	err = c.srv.Handler.Commit(ctx, tx)
+	cancel()
+	if async {
+		w.WriteByte('A')
+	}
+	switch {
+	case err == nil:
+		fmt.Fprintf(w, "O%d", tx.ID)
+	case errors.Is(err, ErrNotFound):
+		fmt.Fprintf(w, "N%d", tx.ID)
+	default:
+		fmt.Fprintf(w, "F%d\t%s", tx.ID, Escape(err.Error()))
+	}
+	return w.WriteByte('\n')
 }
 
 var errStopIteration = errors.New("enough rows")

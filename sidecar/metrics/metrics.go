@@ -8,6 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
+	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +24,45 @@ func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg
+}
+
+// prefix is the start of every series name of daemon: chatmail_<daemon>_.
+func prefix(daemon string) string {
+	return "chatmail_" + strings.ReplaceAll(daemon, "-", "_") + "_"
+}
+
+// NewPanics registers chatmail_<daemon>_panics_total on reg: the panics
+// recovered while serving a connection or a callback. Anything above zero
+// is a bug to report.
+func NewPanics(reg prometheus.Registerer, daemon string) prometheus.Counter {
+	c := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: prefix(daemon) + "panics_total",
+		Help: "Panics recovered while serving; each ended one connection or message with a temporary failure.",
+	})
+	reg.MustRegister(c)
+	return c
+}
+
+// RegisterBuildInfo registers chatmail_<daemon>_build_info on reg: always 1,
+// labelled with the module version of the binary and the Go version that
+// built it.
+func RegisterBuildInfo(reg prometheus.Registerer, daemon string) {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: prefix(daemon) + "build_info",
+		Help: "Always 1; the labels say which build runs.",
+	}, []string{"version", "goversion"})
+	reg.MustRegister(g)
+	g.WithLabelValues(Version(), runtime.Version()).Set(1)
+}
+
+// Version is the main module's version as the go command stamped it
+// (a tag, or a pseudo-version from the commit), or "(devel)".
+func Version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok || bi.Main.Version == "" {
+		return "(devel)"
+	}
+	return bi.Main.Version
 }
 
 // Server is a running metrics listener.

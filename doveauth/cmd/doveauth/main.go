@@ -1,21 +1,19 @@
 // Command doveauth serves Dovecot's passdb, userdb, quota and last-login
-// dicts from the PostgreSQL account store, creating accounts at first login.
+// dicts from the PostgreSQL account store, creating accounts at first login,
+// and Postfix's socketmap lookup of blocked senders.
 package main
 
 import (
-	"time"
-
 	"chatmail.dev/doveauth/server"
 	"chatmail.dev/sidecar/daemon"
 )
 
 func main() {
 	cfg := server.DefaultConfig()
-	daemon.Main(daemon.Spec{
+	daemon.Main(daemon.Spec[*server.Config]{
 		Name:         "doveauth",
 		Section:      &cfg,
-		Metrics:      func() string { return cfg.Metrics },
-		Run:          server.New(&cfg).Run,
-		DrainTimeout: 10 * time.Second,
+		DrainTimeout: server.DrainTimeout,
+		Run:          server.Run,
 	})
 }

@@ -160,8 +160,8 @@ func binaryFor(version string) (string, error) {
 }
 
 // upWithoutMilter starts a stack whose Postfix has no milter: scripts/stack
-// starts the milter only if its binary is there, so only doveauth's
-// commands are built.
+// starts the milter only if its binary is there, so only doveauth and
+// chatmail-admin are built.
 //
 // If $CAPTURE_BIN names a directory of daemons built already, those are
 // used instead (any chatmail-milter there is ignored).
@@ -185,7 +185,7 @@ func upWithoutMilter() (*stack.Stack, error) {
 	if err != nil {
 		return nil, err
 	}
-	build := exec.Command("go", "build", "-o", bin+"/", "chatmail.dev/doveauth/cmd/...")
+	build := exec.Command("go", "build", "-o", bin+"/", "chatmail.dev/doveauth/cmd/...", "chatmail.dev/admin/cmd/...")
 	build.Dir = stack.Repo()
 	if out, err := build.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("building doveauth: %v\n%s", err, out)

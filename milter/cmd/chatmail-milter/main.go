@@ -5,13 +5,10 @@
 package main
 
 import (
-	"context"
 	"os"
-	"time"
 
 	"chatmail.dev/milter/server"
 	"chatmail.dev/sidecar/daemon"
-	"chatmail.dev/sidecar/mailpolicy"
 )
 
 func main() {
@@ -19,24 +16,10 @@ func main() {
 		os.Exit(check(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
 	}
 	cfg := server.Defaults()
-	daemon.Main(daemon.Spec{
+	daemon.Main(daemon.Spec[*server.Config]{
 		Name:         "milter",
 		Section:      &cfg,
-		Metrics:      func() string { return cfg.Metrics },
-		DrainTimeout: 30 * time.Second,
-		Run: func(ctx context.Context, env *daemon.Env) error {
-			engine, err := mailpolicy.NewEngine(env.Config, &cfg.Config, env.Log)
-			if err != nil {
-				return err
-			}
-			ln, err := server.Listen(&cfg)
-			if err != nil {
-				return err
-			}
-			s := server.New(engine, env.Log, server.NewMetrics(env.Registry))
-			s.EndTimeout = 2*cfg.DNSTimeout.D() + 5*time.Second
-			env.Log.Info("entering serving loop", "listen", cfg.Listen)
-			return s.Serve(ctx, ln)
-		},
+		DrainTimeout: server.DrainTimeout,
+		Run:          server.Run,
 	})
 }

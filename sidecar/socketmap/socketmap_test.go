@@ -9,6 +9,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -84,5 +85,59 @@ func TestServer(t *testing.T) {
 	}
 	if _, err := r.ReadByte(); !errors.Is(err, io.EOF) {
 		t.Errorf("connection still open after shutdown: %v", err)
+	}
+}
+
+type counter struct{ n atomic.Int64 }
+
+func (c *counter) Inc() { c.n.Add(1) }
+
+// A panic in the handler ends that connection without a reply and is
+// counted; the server goes on answering.
+func TestHandlerPanic(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "m.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	panics := &counter{}
+	s := &Server{Log: slog.New(slog.DiscardHandler), Panics: panics, Handler: func(ctx context.Context, name, key string) (Result, error) {
+		if key == "boom" {
+			panic("handler bug")
+		}
+		return Result{}, nil
+	}}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ln) }()
+	ask := func(req string) (string, error) {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write(AppendNetstring(nil, req)); err != nil {
+			t.Fatal(err)
+		}
+		return ReadNetstring(bufio.NewReader(c), 1000)
+	}
+	if got, err := ask("blocked boom"); err == nil {
+		t.Errorf("reply %q from a handler that panicked", got)
+	}
+	if got, err := ask("blocked fine"); got != "NOTFOUND " {
+		t.Errorf("after a panic: %q %v", got, err)
+	}
+	if n := panics.n.Load(); n != 1 {
+		t.Errorf("panics counted: %d, want 1", n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, ErrServerClosed) {
+		t.Errorf("Serve: %v", err)
 	}
 }

@@ -2,9 +2,10 @@
 // (socketmap_table(5)): each request is a netstring "name key", each reply a
 // netstring "OK value", "NOTFOUND ", "TEMP reason" or "PERM reason".
 //
-// doveauth serves it so that Postfix can ask, for every message, whether the
-// authenticated sender is blocked (check_sasl_access), which an open SMTP
-// session would otherwise never learn.
+// It sits beside dict as the other lookup protocol a daemon serves to the
+// MTA: doveauth serves it so that Postfix can ask, for every message,
+// whether the authenticated sender is blocked (check_sasl_access), which an
+// open SMTP session would otherwise never learn.
 package socketmap
 
 import (
@@ -41,6 +42,9 @@ type Server struct {
 	Log            *slog.Logger
 	RequestTimeout time.Duration
 	IdleTimeout    time.Duration
+	// Panics, if set, counts the panics recovered in the handler; the
+	// connection ends, the server goes on.
+	Panics connserve.Counter
 
 	conns connserve.Server
 }
@@ -50,7 +54,7 @@ var ErrServerClosed = connserve.ErrServerClosed
 
 // Serve accepts connections on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
-	s.conns.Log = s.Log
+	s.conns.Log, s.conns.Panics = s.Log, s.Panics
 	return s.conns.Serve(ln, s.serveConn)
 }
 

@@ -1,0 +1,80 @@
+// Package admin opens the account lifecycle (accounts.Lifecycle) for an
+// administrator's front end: the chatmail-admin command now, the admin
+// HTTP API later. Both get the same operations from Open; they differ only
+// in how they are asked.
+package admin
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+
+	"chatmail.dev/sidecar/accounts"
+	"chatmail.dev/sidecar/config"
+)
+
+// Config is the [admin] section.
+type Config struct {
+	// Doveadm ends a blocked account's open IMAP sessions (doveadm kick).
+	Doveadm string `toml:"doveadm"`
+	// DovecotConfig, if set, is passed to doveadm with -c.
+	DovecotConfig string `toml:"dovecot_config"`
+}
+
+// DefaultConfig returns the defaults of the [admin] section.
+func DefaultConfig() Config { return Config{Doveadm: "doveadm"} }
+
+// Kick ends the account's open Dovecot sessions, so a block takes effect at
+// once rather than at the next login. An account without sessions is fine.
+func (c *Config) Kick(ctx context.Context, addr string) error {
+	args := []string{"kick", addr}
+	if c.DovecotConfig != "" {
+		args = append([]string{"-c", c.DovecotConfig}, args...)
+	}
+	out, err := exec.CommandContext(ctx, c.Doveadm, args...).CombinedOutput()
+	// doveadm kick exits 68 (EX_NOUSER) when the user has no sessions.
+	if ee, ok := errors.AsType[*exec.ExitError](err); ok && ee.ExitCode() == 68 {
+		return nil
+	}
+	if err != nil {
+		// doveadm may name the user; the error must not.
+		out = bytes.ReplaceAll(bytes.TrimSpace(out), []byte(addr), []byte("[user]"))
+		return fmt.Errorf("doveadm kick: %v: %s", err, out)
+	}
+	return nil
+}
+
+// Open connects to the account store, migrates it and returns the
+// lifecycle over it, and the function that closes it.
+func Open(ctx context.Context, cfg *config.Common, sec *Config) (*accounts.Lifecycle, func(), error) {
+	if err := cfg.RequirePostgres(); err != nil {
+		return nil, nil, err
+	}
+	dsn, err := cfg.PostgresDSN()
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := accounts.Open(ctx, dsn, 2)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := store.Migrate(ctx); err != nil {
+		store.Close()
+		return nil, nil, err
+	}
+	// The key of the tombstones that deletions leave; doveauth reads the
+	// same file, and whichever comes first makes it.
+	key, err := accounts.LoadTombstoneKey(cfg.Accounts.TombstoneKeyFile)
+	if err != nil {
+		store.Close()
+		return nil, nil, err
+	}
+	return &accounts.Lifecycle{
+		Store:      store,
+		Key:        key,
+		Kick:       sec.Kick,
+		RemoveMail: accounts.RemoveMaildir(cfg.Accounts.MailboxesDir),
+	}, store.Close, nil
+}
