@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"reflect"
 )
 
 // Sections lists every top-level section name a daemon may find in the file.
@@ -355,6 +356,25 @@ func CheckLoopback(key, addr string) error {
 	ip := net.ParseIP(host)
 	if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
 		return &Error{Key: key, Msg: fmt.Sprintf("%q is not a loopback address", host)}
+	}
+	return nil
+}
+
+// CheckExample reports, as an error, where the example file at path (the
+// repository's chatmail.toml.example) differs, in daemon's section, from the
+// compiled defaults that fresh returns: the file an admin starts from must
+// say what the daemon does without it. For each daemon's tests.
+func CheckExample[S any](path, daemon string, fresh func() S) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	got := fresh()
+	if _, err := Parse(string(b), daemon, &got); err != nil {
+		return err
+	}
+	if want := fresh(); !reflect.DeepEqual(got, want) {
+		return fmt.Errorf("the example's [%s] differs from the defaults:\nexample  %+v\ndefaults %+v", daemon, got, want)
 	}
 	return nil
 }
