@@ -87,81 +87,82 @@ var errTryLater = errors.New("too many new accounts, try again later")
 func (s *Service) Lookup(ctx context.Context, req dict.Lookup) (string, bool, error) {
 	start := time.Now()
 	var (
-		kind, result string
-		value        string
-		found        bool
-		err          error
+		kind   Kind
+		result Result
+		value  string
+		found  bool
+		err    error
 	)
 	switch key := req.Key; {
 	case strings.HasPrefix(key, passdbPrefix):
-		kind = "passdb"
+		kind = KindPassdb
 		value, result, err = s.passdb(ctx, key[len(passdbPrefix):])
 	case strings.HasPrefix(key, userdbPrefix):
-		kind = "userdb"
+		kind = KindUserdb
 		value, result, err = s.userdb(ctx, key[len(userdbPrefix):])
 	case key == quotaStorage || key == quotaMessages:
-		kind = "quota"
+		kind = KindQuota
 		value, result, err = s.quota(ctx, req.User, key == quotaStorage)
 	default:
-		kind, result = "other", "error"
+		kind, result = KindOther, Failed
 		err = fmt.Errorf("doveauth does not serve key %q", key)
 	}
 	if err != nil && result == "" {
-		result = "tempfail"
+		result = TempFail
 		s.Log.Warn("lookup failed", "kind", kind, "err", err)
 		err = errUnavailable
 	}
-	found = err == nil && result != "notfound"
+	found = err == nil && result != NotFound
 	s.Metrics.observe(kind, result, time.Since(start))
 	return value, found, err
 }
 
 // passdb answers a login attempt; rest is <password>"<user>, both escaped
 // with backslashes by Dovecot's %E.
-func (s *Service) passdb(ctx context.Context, rest string) (string, string, error) {
+func (s *Service) passdb(ctx context.Context, rest string) (string, Result, error) {
 	// An overlong password fails before anything else, for existing
 	// accounts too: "not found" keeps Dovecot from hashing it to compare.
 	// The key is at least as long as the password it carries.
 	if len(rest) > s.Accounts.PasswordMaxLength {
 		if password, _, ok := splitPassdbKey(rest); !ok || len(password) > s.Accounts.PasswordMaxLength {
-			s.Metrics.reject("long_password")
-			return "", "notfound", nil
+			s.Metrics.reject(RejectLong)
+			return "", NotFound, nil
 		}
 	}
 	password, user, ok := splitPassdbKey(rest)
 	if !ok {
-		return "", "error", fmt.Errorf("malformed passdb key")
+		return "", Failed, fmt.Errorf("malformed passdb key")
 	}
 	addr, local, domain, err := accounts.Normalize(user)
 	if err != nil {
-		s.Metrics.reject("malformed")
-		return "", "notfound", nil
+		s.Metrics.reject(RejectMalformed)
+		return "", NotFound, nil
 	}
 	if !s.Mail.Serves(domain) {
 		// Not ours: "not found" lets another passdb answer on a mixed server.
-		return "", "notfound", nil
+		return "", NotFound, nil
 	}
 	acc, err := s.Store.Get(ctx, addr)
 	switch {
 	case err == nil:
 		if acc.Blocked {
-			return passdbReply(acc, true), "blocked", nil
+			return passdbReply(acc, true), Blocked, nil
 		}
-		return passdbReply(acc, false), "found", nil
+		return passdbReply(acc, false), Found, nil
 	case !errors.Is(err, accounts.ErrNotFound):
 		return "", "", err
 	}
 	if reason := s.refuseCreation(local, password); reason != "" {
 		s.Metrics.reject(reason)
 		s.Log.Info("account creation refused", "reason", reason, logging.User(addr))
-		return "", "notfound", nil
+		return "", NotFound, nil
 	}
 	// The token is taken before hashing and given back unless this call
 	// creates the account, so concurrent first logins of one address (IMAP
 	// and SMTP at once) cost one token.
 	if !s.creations.take(time.Now(), s.Accounts.CreateBurst, s.Accounts.CreatePerMinute) {
-		s.Metrics.reject("rate_limited")
-		return "", "ratelimited", errTryLater
+		s.Metrics.reject(RejectRateLimited)
+		return "", RateLimited, errTryLater
 	}
 	created := false
 	defer func() {
@@ -178,9 +179,9 @@ func (s *Service) passdb(ctx context.Context, rest string) (string, string, erro
 		Tombstone: s.TombstoneKey.Hash(addr), TombstoneLifetime: s.Accounts.TombstoneLifetime.D(),
 	})
 	if errors.Is(err, accounts.ErrTombstoned) {
-		s.Metrics.reject("tombstone")
+		s.Metrics.reject(RejectTombstone)
 		s.Log.Info("account creation refused", "reason", "tombstone", logging.User(addr))
-		return "", "notfound", nil
+		return "", NotFound, nil
 	}
 	if err != nil {
 		return "", "", err
@@ -188,27 +189,27 @@ func (s *Service) passdb(ctx context.Context, rest string) (string, string, erro
 	if !created {
 		// A concurrent first login won; Dovecot checks this password
 		// against the hash that login stored.
-		return passdbReply(acc, acc.Blocked), "found", nil
+		return passdbReply(acc, acc.Blocked), Found, nil
 	}
 	s.Metrics.created.Inc()
 	s.Log.Info("account created", logging.User(addr))
-	return passdbReply(acc, false), "created", nil
+	return passdbReply(acc, false), Created, nil
 }
 
 // refuseCreation returns why an account may not be created, or "".
-func (s *Service) refuseCreation(local, password string) string {
+func (s *Service) refuseCreation(local, password string) Rejection {
 	a := &s.Accounts
 	switch {
 	case a.Registration != "open":
-		return "registration_closed"
+		return RejectClosed
 	case len(local) < a.LocalpartMinLength || len(local) > a.LocalpartMaxLength:
-		return "bad_localpart"
+		return RejectLocalpart
 	case !a.LocalpartPunctuation && !localpartAlnum.MatchString(local), a.LocalpartPunctuation && !localpartPunct.MatchString(local):
-		return "bad_localpart"
+		return RejectLocalpart
 	case len(password) < a.PasswordMinLength:
-		return "short_password"
+		return RejectShort
 	case len(password) > a.PasswordMaxLength:
-		return "long_password"
+		return RejectLong
 	}
 	// Mail of a deleted account is never inherited: its tombstone, written
 	// with the row's deletion, refuses the address in Store.Create while
@@ -227,21 +228,21 @@ func passdbReply(acc *accounts.Account, blocked bool) string {
 	return mustJSON(r)
 }
 
-func (s *Service) userdb(ctx context.Context, user string) (string, string, error) {
+func (s *Service) userdb(ctx context.Context, user string) (string, Result, error) {
 	user, err := unescapePercentE(user)
 	if err != nil {
-		return "", "error", err
+		return "", Failed, err
 	}
 	addr, _, domain, err := accounts.Normalize(user)
 	if err != nil || !s.Mail.Serves(domain) {
-		return "", "notfound", nil
+		return "", NotFound, nil
 	}
 	now := time.Now()
 	if !s.userdbCache.has(addr, now) {
 		gen := s.userdbCache.generation()
 		if _, err := s.Store.Get(ctx, addr); err != nil {
 			if errors.Is(err, accounts.ErrNotFound) {
-				return "", "notfound", nil
+				return "", NotFound, nil
 			}
 			return "", "", err
 		}
@@ -251,17 +252,17 @@ func (s *Service) userdb(ctx context.Context, user string) (string, string, erro
 		"home": filepath.Join(s.Accounts.MailboxesDir, addr),
 		"uid":  s.Accounts.MailUser,
 		"gid":  s.Accounts.MailGroup,
-	}), "found", nil
+	}), Found, nil
 }
 
-func (s *Service) quota(ctx context.Context, user string, storage bool) (string, string, error) {
+func (s *Service) quota(ctx context.Context, user string, storage bool) (string, Result, error) {
 	addr, _, _, err := accounts.Normalize(user)
 	if err != nil {
-		return "", "notfound", nil
+		return "", NotFound, nil
 	}
 	acc, err := s.Store.Get(ctx, addr)
 	if errors.Is(err, accounts.ErrNotFound) {
-		return "", "notfound", nil
+		return "", NotFound, nil
 	}
 	if err != nil {
 		return "", "", err
@@ -272,9 +273,9 @@ func (s *Service) quota(ctx context.Context, user string, storage bool) (string,
 	}
 	if v == nil {
 		// Never counted: "not found" makes Dovecot count and set it.
-		return "", "notfound", nil
+		return "", NotFound, nil
 	}
-	return strconv.FormatInt(*v, 10), "found", nil
+	return strconv.FormatInt(*v, 10), Found, nil
 }
 
 // SenderAccess answers Postfix's check_sasl_access lookups over socketmap
@@ -283,28 +284,28 @@ func (s *Service) quota(ctx context.Context, user string, storage bool) (string,
 func (s *Service) SenderAccess(ctx context.Context, name, key string) (socketmap.Result, error) {
 	start := time.Now()
 	if name != "blocked" {
-		s.Metrics.observe("sender_access", "error", time.Since(start))
+		s.Metrics.observe(KindSenderAccess, Failed, time.Since(start))
 		return socketmap.Result{}, fmt.Errorf("doveauth serves no socketmap table %q", name)
 	}
 	addr, _, _, err := accounts.Normalize(key)
 	if err != nil {
-		s.Metrics.observe("sender_access", "notfound", time.Since(start))
+		s.Metrics.observe(KindSenderAccess, NotFound, time.Since(start))
 		return socketmap.Result{}, nil
 	}
 	acc, err := s.Store.Get(ctx, addr)
 	switch {
 	case errors.Is(err, accounts.ErrNotFound):
-		s.Metrics.observe("sender_access", "notfound", time.Since(start))
+		s.Metrics.observe(KindSenderAccess, NotFound, time.Since(start))
 		return socketmap.Result{}, nil
 	case err != nil:
 		s.Log.Warn("sender access lookup failed", "err", err)
-		s.Metrics.observe("sender_access", "tempfail", time.Since(start))
+		s.Metrics.observe(KindSenderAccess, TempFail, time.Since(start))
 		return socketmap.Result{}, errUnavailable
 	case acc.Blocked:
-		s.Metrics.observe("sender_access", "blocked", time.Since(start))
+		s.Metrics.observe(KindSenderAccess, Blocked, time.Since(start))
 		return socketmap.Result{Found: true, Value: "REJECT This account is blocked."}, nil
 	}
-	s.Metrics.observe("sender_access", "found", time.Since(start))
+	s.Metrics.observe(KindSenderAccess, Found, time.Since(start))
 	return socketmap.Result{}, nil
 }
 
@@ -316,7 +317,7 @@ func (s *Service) Iterate(ctx context.Context, req dict.Iterate, emit func(key, 
 	err := s.Store.Each(ctx, func(a *accounts.Account) error {
 		return emit(userdbPrefix+a.Address, "")
 	})
-	s.Metrics.observe("iterate", resultOf(err), 0)
+	s.Metrics.observe(KindIterate, resultOf(err), 0)
 	return err
 }
 
@@ -370,7 +371,7 @@ func (s *Service) Commit(ctx context.Context, tx *dict.Tx) error {
 		s.Log.Warn("commit failed", "err", err)
 		err = errUnavailable
 	}
-	s.Metrics.commits.WithLabelValues(resultOf(err)).Inc()
+	s.Metrics.commits.WithLabelValues(string(resultOf(err))).Inc()
 	return err
 }
 
@@ -390,11 +391,11 @@ func counterOf(op dict.Op) (accounts.Counter, error) {
 	return accounts.Counter{}, fmt.Errorf("unknown op %c", op.Kind)
 }
 
-func resultOf(err error) string {
+func resultOf(err error) Result {
 	if err != nil {
-		return "tempfail"
+		return TempFail
 	}
-	return "ok"
+	return OK
 }
 
 func mustJSON(v map[string]string) string {

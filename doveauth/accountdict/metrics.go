@@ -17,10 +17,44 @@ type Metrics struct {
 	commits    *prometheus.CounterVec
 }
 
+// Kind is what a lookup asked for, Result how it was answered, Rejection
+// why a first login created no account: closed sets, the metrics' labels.
+type (
+	Kind      string
+	Result    string
+	Rejection string
+)
+
+const (
+	KindPassdb       Kind = "passdb"
+	KindUserdb       Kind = "userdb"
+	KindQuota        Kind = "quota"
+	KindIterate      Kind = "iterate"
+	KindSenderAccess Kind = "sender_access"
+	KindOther        Kind = "other"
+
+	Found       Result = "found"
+	NotFound    Result = "notfound"
+	Created     Result = "created"
+	Blocked     Result = "blocked"
+	TempFail    Result = "tempfail"
+	RateLimited Result = "ratelimited"
+	Failed      Result = "error"
+	OK          Result = "ok"
+
+	RejectClosed      Rejection = "registration_closed"
+	RejectLocalpart   Rejection = "bad_localpart"
+	RejectShort       Rejection = "short_password"
+	RejectLong        Rejection = "long_password"
+	RejectMalformed   Rejection = "malformed"
+	RejectRateLimited Rejection = "rate_limited"
+	RejectTombstone   Rejection = "tombstone"
+)
+
 var (
-	lookupKinds   = []string{"passdb", "userdb", "quota", "iterate", "sender_access", "other"}
-	lookupResults = []string{"found", "notfound", "created", "blocked", "tempfail", "ratelimited", "error", "ok"}
-	rejectReasons = []string{"registration_closed", "bad_localpart", "short_password", "long_password", "malformed", "rate_limited", "tombstone"}
+	lookupKinds   = []Kind{KindPassdb, KindUserdb, KindQuota, KindIterate, KindSenderAccess, KindOther}
+	lookupResults = []Result{Found, NotFound, Created, Blocked, TempFail, RateLimited, Failed, OK}
+	rejectReasons = []Rejection{RejectClosed, RejectLocalpart, RejectShort, RejectLong, RejectMalformed, RejectRateLimited, RejectTombstone}
 )
 
 // NewMetrics registers the metrics with reg.
@@ -49,25 +83,25 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"result"}),
 	}
 	for _, k := range lookupKinds {
-		m.latency.WithLabelValues(k)
+		m.latency.WithLabelValues(string(k))
 		for _, r := range lookupResults {
-			m.lookups.WithLabelValues(k, r)
+			m.lookups.WithLabelValues(string(k), string(r))
 		}
 	}
 	for _, r := range rejectReasons {
-		m.rejections.WithLabelValues(r)
+		m.rejections.WithLabelValues(string(r))
 	}
-	m.commits.WithLabelValues("ok")
-	m.commits.WithLabelValues("tempfail")
+	m.commits.WithLabelValues(string(OK))
+	m.commits.WithLabelValues(string(TempFail))
 	reg.MustRegister(m.lookups, m.latency, m.created, m.rejections, m.commits)
 	return m
 }
 
-func (m *Metrics) observe(kind, result string, d time.Duration) {
-	m.lookups.WithLabelValues(kind, result).Inc()
+func (m *Metrics) observe(kind Kind, result Result, d time.Duration) {
+	m.lookups.WithLabelValues(string(kind), string(result)).Inc()
 	if d > 0 {
-		m.latency.WithLabelValues(kind).Observe(d.Seconds())
+		m.latency.WithLabelValues(string(kind)).Observe(d.Seconds())
 	}
 }
 
-func (m *Metrics) reject(reason string) { m.rejections.WithLabelValues(reason).Inc() }
+func (m *Metrics) reject(reason Rejection) { m.rejections.WithLabelValues(string(reason)).Inc() }
