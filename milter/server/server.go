@@ -2,13 +2,7 @@
 // (emersion/go-milter) on a connserve server, which tracks sessions so that
 // a shutdown lets messages in progress finish, and exports metrics.
 //
-// Postfix wiring (main.cf, or -o per smtpd service in master.cf):
-//
-//	smtpd_milters = unix:chatmail-milter/milter.sock   # relative to the chroot, or inet:127.0.0.1:PORT
-//	milter_default_action = tempfail                   # the default: never pass mail unfiltered
-//	milter_mail_macros = i {auth_type} {auth_authen} {auth_author} {mail_addr}
-//
-// The milter needs {auth_authen} with MAIL FROM (Postfix's default
+// Postfix's wiring is in deploy/postfix. The milter needs {auth_authen} with MAIL FROM (Postfix's default
 // milter_mail_macros include it); it tells submissions (outgoing) from
 // incoming mail.
 //
