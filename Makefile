@@ -1,6 +1,8 @@
-# Every target loops over the Go modules of the workspace.
-MODULES := sidecar doveauth milter admin integration
-DAEMON_MODULES := sidecar doveauth milter
+# Every target loops over the Go modules of the workspace. The daemons'
+# modules come from the daemon table, deploy/daemons, as in scripts/stack.
+DAEMONS := $(shell awk '!/^[[:space:]]*(\#|$$)/ { print $$2 }' deploy/daemons)
+MODULES := sidecar $(DAEMONS) admin integration
+DAEMON_MODULES := sidecar $(DAEMONS)
 # Modules with unit tests but no daemon (and no fuzz targets).
 TOOL_MODULES := admin
 GO ?= go
@@ -14,7 +16,7 @@ all: build
 
 build:
 	@for m in $(MODULES); do (cd $$m && $(GO) build ./...) || exit 1; done
-	$(GO) build -o bin/ chatmail.dev/doveauth/cmd/... chatmail.dev/milter/cmd/... chatmail.dev/admin/cmd/...
+	$(GO) build -o bin/ $(foreach m,$(DAEMONS) $(TOOL_MODULES),chatmail.dev/$(m)/cmd/...)
 
 deps:
 	scripts/install-deps
