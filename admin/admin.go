@@ -76,5 +76,6 @@ func Open(ctx context.Context, cfg *config.Common, sec *Config) (*accounts.Lifec
 		Key:        key,
 		Kick:       sec.Kick,
 		RemoveMail: accounts.RemoveMaildir(cfg.Accounts.MailboxesDir),
+		ListMail:   accounts.ListMaildirs(cfg.Accounts.MailboxesDir),
 	}, store.Close, nil
 }

@@ -181,3 +181,35 @@ func TestDeleteInterruptedBeforeMail(t *testing.T) {
 		t.Errorf("deleting a finished deletion: %v %s", err, out)
 	}
 }
+
+// TestSweepRemovesLateMail: mail written for a deleted account after its
+// deletion (a delivery already past its lookup, a missed notification) is
+// removed by chatmail-admin sweep, and nothing else is.
+func TestSweepRemovesLateMail(t *testing.T) {
+	s := shared
+	gone, kept := newAddr(s), newAddr(s)
+	wantLogin(t, s, gone, goodPassword, "")
+	wantLogin(t, s, kept, goodPassword, "")
+	if out := s.Admin(t, "delete", gone); !contains(out, "deleted") {
+		t.Fatalf("delete said %q", out)
+	}
+	// What a late delivery leaves: a new mail directory.
+	for _, a := range []string{gone, kept} {
+		dir := filepath.Join(s.Env["MAILBOXES_DIR"], a, "new")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "late"), []byte("late mail"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out := s.Admin(t, "sweep"); !contains(out, "swept") {
+		t.Fatalf("sweep said %q", out)
+	}
+	if _, err := os.Stat(filepath.Join(s.Env["MAILBOXES_DIR"], gone)); !os.IsNotExist(err) {
+		t.Errorf("the deleted account's late mail is still there: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(s.Env["MAILBOXES_DIR"], kept, "new", "late")); err != nil {
+		t.Errorf("a live account's mail went: %v", err)
+	}
+}

@@ -9,10 +9,12 @@ import (
 // userdb for the same few users over and over (every login, every delivery).
 // Existence changes on creation, which the cache does not hide, and on
 // deletion, which the store announces (accounts.Store.WatchChanges): the
-// cache drops the address then. The lifetime only bounds how long a lost
-// notification could go unnoticed; while notifications are not heard at
-// all, nothing is cached.
-const UserdbCacheTTL = 30 * time.Second
+// cache drops the address then. The lifetime bounds how long a lost
+// notification could go unnoticed (a listening connection that stalls is
+// found out only by its next check), so it is short; while notifications
+// are not heard at all, nothing is cached. Mail delivered in that window to
+// a deleted account is removed by chatmail-admin sweep.
+const UserdbCacheTTL = 2 * time.Second
 
 // maxCached bounds the cache's memory; past it the cache starts over.
 const maxCached = 100_000

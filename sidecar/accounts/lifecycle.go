@@ -15,6 +15,8 @@ type LifecycleStore interface {
 	Delete(ctx context.Context, address string, tombstone []byte) error
 	MailPending(ctx context.Context, tombstone []byte) (bool, error)
 	MailRemoved(ctx context.Context, tombstone []byte) error
+	HasTombstone(ctx context.Context, tombstone []byte) (bool, error)
+	Get(ctx context.Context, address string) (*Account, error)
 	Stats(ctx context.Context) (Stats, error)
 	Each(ctx context.Context, fn func(*Account) error) error
 }
@@ -32,6 +34,9 @@ type Lifecycle struct {
 	// RemoveMail removes all of the account's mail; mail that is already
 	// gone is not an error. See RemoveMaildir.
 	RemoveMail func(ctx context.Context, address string) error
+	// ListMail lists the addresses that have mail on disk, for Sweep. See
+	// ListMaildirs.
+	ListMail func(ctx context.Context) ([]string, error)
 }
 
 // ErrNotKicked says the account was blocked but its open sessions were
@@ -129,12 +134,74 @@ func (l *Lifecycle) removeMail(ctx context.Context, addr string, tomb []byte) er
 	return nil
 }
 
+// Sweep removes the mail of deleted accounts that reappeared after Delete
+// removed it: a delivery already past its lookup when the account went, or
+// a doveauth that missed the deletion's notification for up to its cache
+// lifetime, writes into a new mail directory. Mail of an address with a
+// tombstone and no account is removed; an address without a tombstone is
+// left alone, whatever it is. Deleting waits for nothing; run Sweep now and
+// then instead (deploy/systemd/chatmail-admin-sweep.timer, hourly), which
+// also keeps such mail from a later registrant once a finite
+// tombstone_lifetime has passed. It returns how many it removed.
+func (l *Lifecycle) Sweep(ctx context.Context) (int, error) {
+	addrs, err := l.ListMail(ctx)
+	if err != nil {
+		return 0, err
+	}
+	removed := 0
+	for _, a := range addrs {
+		addr, err := normalize(a)
+		if err != nil || addr != a {
+			continue // not a directory doveauth would have named
+		}
+		if _, err := l.Store.Get(ctx, addr); !errors.Is(err, ErrNotFound) {
+			if err != nil {
+				return removed, err
+			}
+			continue // an account: its mail
+		}
+		dead, err := l.Store.HasTombstone(ctx, l.Key.Hash(addr))
+		if err != nil {
+			return removed, err
+		}
+		if !dead {
+			continue
+		}
+		if err := l.RemoveMail(ctx, addr); err != nil {
+			return removed, err
+		}
+		removed++
+	}
+	return removed, nil
+}
+
 // Stats returns usage totals.
 func (l *Lifecycle) Stats(ctx context.Context) (Stats, error) { return l.Store.Stats(ctx) }
 
 // Each calls fn for every account, in address order.
 func (l *Lifecycle) Each(ctx context.Context, fn func(*Account) error) error {
 	return l.Store.Each(ctx, fn)
+}
+
+// ListMaildirs returns a Lifecycle.ListMail that lists the entries of dir,
+// the accounts' homes. Its errors do not name the entries.
+func ListMaildirs(dir string) func(ctx context.Context) ([]string, error) {
+	return func(context.Context) ([]string, error) {
+		if dir == "" {
+			return nil, errors.New("accounts.mailboxes_dir is not set")
+		}
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			return nil, err
+		}
+		names := make([]string, 0, len(entries))
+		for _, e := range entries {
+			if e.IsDir() {
+				names = append(names, e.Name())
+			}
+		}
+		return names, nil
+	}
 }
 
 // RemoveMaildir returns a Lifecycle.RemoveMail that removes the account's

@@ -6,6 +6,7 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -50,6 +51,19 @@ func (f *fakeStore) MailRemoved(_ context.Context, tombstone []byte) error {
 	return nil
 }
 
+func (f *fakeStore) HasTombstone(_ context.Context, tombstone []byte) (bool, error) {
+	_, ok := f.pending[string(tombstone)]
+	return ok, nil
+}
+
+func (f *fakeStore) Get(_ context.Context, address string) (*Account, error) {
+	b, ok := f.rows[address]
+	if !ok {
+		return nil, ErrNotFound
+	}
+	return &Account{Address: address, Blocked: b}, nil
+}
+
 func (f *fakeStore) Stats(context.Context) (Stats, error) {
 	return Stats{Accounts: int64(len(f.rows))}, nil
 }
@@ -81,8 +95,32 @@ func newLifecycle(t *testing.T) (*Lifecycle, *fakeStore, map[string]bool) {
 			delete(mail, a)
 			return nil
 		},
+		ListMail: func(context.Context) ([]string, error) {
+			return slices.Sorted(maps.Keys(mail)), nil
+		},
 	}
 	return l, fs, mail
+}
+
+// TestLifecycleSweep: mail that reappears after a deletion (a delivery under
+// way, a missed notification) is removed by Sweep; the mail of accounts,
+// and of addresses that never had one, stays.
+func TestLifecycleSweep(t *testing.T) {
+	l, fs, mail := newLifecycle(t)
+	ctx := context.Background()
+	if err := l.Delete(ctx, testAddr); err != nil {
+		t.Fatal(err)
+	}
+	const other, stranger = "otheracct@chat.test", "strangers@chat.test"
+	fs.rows[other] = false
+	mail[testAddr], mail[other], mail[stranger], mail["Not An Address"] = true, true, true, true
+	n, err := l.Sweep(ctx)
+	if err != nil || n != 1 {
+		t.Fatalf("sweep: %d removed, %v", n, err)
+	}
+	if mail[testAddr] || !mail[other] || !mail[stranger] || !mail["Not An Address"] {
+		t.Fatalf("after the sweep: %v", mail)
+	}
 }
 
 func TestLifecycleBlock(t *testing.T) {

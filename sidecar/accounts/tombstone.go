@@ -129,6 +129,13 @@ func (s *Store) MailPending(ctx context.Context, tombstone []byte) (bool, error)
 	return pending, err
 }
 
+// HasTombstone reports whether a tombstone exists for the hash, at any age.
+func (s *Store) HasTombstone(ctx context.Context, tombstone []byte) (bool, error) {
+	var dead bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tombstones WHERE address_hmac = $1)`, tombstone).Scan(&dead)
+	return dead, err
+}
+
 // MailRemoved records that the mail of the tombstone's account is gone, so
 // the tombstone ages (tombstone_lifetime) like any other.
 func (s *Store) MailRemoved(ctx context.Context, tombstone []byte) error {

@@ -5,6 +5,7 @@
 //	chatmail-admin [-config PATH] list
 //	chatmail-admin [-config PATH] stats
 //	chatmail-admin [-config PATH] block|unblock|delete ADDRESS
+//	chatmail-admin [-config PATH] sweep
 //	chatmail-admin [-config PATH] nolog on|off|status
 package main
 
@@ -34,6 +35,8 @@ commands:
   delete ADDRESS       remove the account and all its mail; the address
                        cannot be registered again (tombstone_lifetime);
                        run it again to finish a deletion that failed
+  sweep                remove mail that reappeared for deleted accounts
+                       (a delivery under way as they went); run hourly
   nolog on|off|status  switch No-Log for every daemon, at once
 `
 
@@ -73,7 +76,7 @@ func run(cfg *config.Common, sec *admin.Config, args []string, out io.Writer) er
 	if cmd == "nolog" {
 		return nolog(cfg, args, out)
 	}
-	want := map[string]int{"list": 0, "stats": 0, "block": 1, "unblock": 1, "delete": 1}
+	want := map[string]int{"list": 0, "stats": 0, "sweep": 0, "block": 1, "unblock": 1, "delete": 1}
 	if n, ok := want[cmd]; !ok || len(args) != n {
 		return errUsage
 	}
@@ -87,6 +90,13 @@ func run(cfg *config.Common, sec *admin.Config, args []string, out io.Writer) er
 	switch cmd {
 	case "list":
 		return list(ctx, lc, out)
+	case "sweep":
+		n, err := lc.Sweep(ctx)
+		if err != nil {
+			return fmt.Errorf("sweep: %w", err)
+		}
+		_, err = fmt.Fprintf(out, "swept %d\n", n)
+		return err
 	case "stats":
 		st, err := lc.Stats(ctx)
 		if err != nil {
