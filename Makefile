@@ -1,8 +1,10 @@
 # Every target loops over the Go modules of the workspace. The daemons'
 # modules come from the daemon table, deploy/daemons, as in scripts/stack.
 DAEMONS := $(shell awk '!/^[[:space:]]*(\#|$$)/ { print $$2 }' deploy/daemons)
-MODULES := sidecar $(DAEMONS) admin integration
-DAEMON_MODULES := sidecar $(DAEMONS)
+# Daemons built and tested but not yet started by the stack.
+STAGED := logd
+MODULES := sidecar $(DAEMONS) $(STAGED) admin integration
+DAEMON_MODULES := sidecar $(DAEMONS) $(STAGED)
 # Modules with unit tests but no daemon (and no fuzz targets).
 TOOL_MODULES := admin
 GO ?= go
@@ -16,7 +18,7 @@ all: build
 
 build:
 	@for m in $(MODULES); do (cd $$m && $(GO) build ./...) || exit 1; done
-	$(GO) build -o bin/ $(foreach m,$(DAEMONS) $(TOOL_MODULES),chatmail.dev/$(m)/cmd/...)
+	$(GO) build -o bin/ $(foreach m,$(DAEMONS) $(STAGED) $(TOOL_MODULES),chatmail.dev/$(m)/cmd/...)
 
 deps:
 	scripts/install-deps

@@ -24,7 +24,7 @@ import (
 
 // Sections lists every top-level section name a daemon may find in the file.
 // A section not in this list is reported as unknown.
-var Sections = []string{"mail", "accounts", "postgres", "log", "admin", "doveauth", "milter", "metadata-proxy", "turnd", "mxdeliv"}
+var Sections = []string{"mail", "accounts", "postgres", "log", "admin", "doveauth", "milter", "logd", "metadata-proxy", "turnd", "mxdeliv"}
 
 // Error is a configuration error. Daemons exit with code 2 on it.
 type Error struct {

@@ -1,0 +1,292 @@
+// Package masking holds the No-Log rules for the log lines of Postfix
+// (3.7, 3.10) and Dovecot (2.3, 2.4) that chatmail-logd receives.
+//
+// With No-Log off a line passes unchanged. With No-Log on:
+//
+//   - a line is kept only if it is a warning or worse, or the start, reload
+//     or stop of the service itself (Postfix master and postfix-script,
+//     Dovecot master's "starting up"); every other line (connect, login,
+//     delivery, reject, ...) says what a user did and is dropped;
+//   - in a kept line every address, user name, IP (v4, v6, bracketed),
+//     client or relay host name, message id, Postfix queue id, Dovecot
+//     session id and Dovecot dict key is replaced by "-".
+//
+// Severity comes from the syslog priority when the datagram has one
+// (Dovecot through syslog(3)), never from the text, which a user name can
+// forge; Postfix's postlog datagrams have no priority, and Postfix puts
+// "warning: ", "error: ", "fatal: " or "panic: " right after the tag, before
+// anything a user controls.
+//
+// The masks are shapes, not a parser of every message: a kept line is
+// masked as a whole, so that an identity in an unforeseen place is still
+// caught when it looks like one. A replacement is never longer than what it
+// replaces, so a masked line is never longer than the line.
+package masking
+
+import (
+	"bytes"
+	"regexp"
+	"strings"
+)
+
+// Source is the program a line comes from.
+type Source uint8
+
+const (
+	Postfix Source = iota
+	Dovecot
+)
+
+func (s Source) String() string {
+	if s == Dovecot {
+		return "dovecot"
+	}
+	return "postfix"
+}
+
+// Syslog severities (RFC 5424 §6.2.1).
+const (
+	SevEmerg   = 0
+	SevWarning = 4
+	SevInfo    = 6
+	SevNone    = -1 // the datagram had no <PRI>
+)
+
+// MaxLine is the longest line kept; the rest is cut. Postfix cuts at about
+// 2000 characters, glibc's syslog does not cut.
+const MaxLine = 8192
+
+// Line is one log line split where the rules need it.
+type Line struct {
+	Source Source
+	// Severity is the syslog severity from <PRI>, or SevNone.
+	Severity int
+	// Text is the line without <PRI> and without a trailing newline; line
+	// breaks inside are replaced by spaces so that no datagram can forge a
+	// line of the output.
+	Text string
+	// Tag is the program field before the first ": ", e.g.
+	// "postfix/smtpd[123]" or "dovecot"; empty when there is none.
+	Tag string
+	// Msg is what follows the tag's ": " (the whole text without a tag).
+	Msg string
+}
+
+// Parse splits a datagram: Postfix's "Mmm dd HH:MM:SS host prog[pid]: text"
+// or syslog(3)'s "<PRI>Mmm dd HH:MM:SS ident[pid]: text". It accepts any
+// timestamp without ": " in it (RFC 3164 or RFC 3339).
+func Parse(src Source, b []byte) Line {
+	l := Line{Source: src, Severity: SevNone}
+	if len(b) > 2 && b[0] == '<' {
+		if end := bytes.IndexByte(b[:min(len(b), 5)], '>'); end > 1 {
+			pri, ok := 0, true
+			for _, c := range b[1:end] {
+				if c < '0' || c > '9' {
+					ok = false
+					break
+				}
+				pri = pri*10 + int(c-'0')
+			}
+			if ok && pri <= 191 {
+				l.Severity = pri & 7
+				b = b[end+1:]
+			}
+		}
+	}
+	b = bytes.TrimRight(b, "\r\n\x00")
+	if len(b) > MaxLine {
+		b = b[:MaxLine]
+	}
+	if bytes.ContainsAny(b, "\r\n") {
+		c := make([]byte, len(b))
+		for i, x := range b {
+			if x == '\n' || x == '\r' {
+				x = ' '
+			}
+			c[i] = x
+		}
+		b = c
+	}
+	l.Text = string(b)
+	if head, msg, ok := strings.Cut(l.Text, ": "); ok {
+		l.Tag = head[strings.LastIndexByte(head, ' ')+1:]
+		l.Msg = msg
+	} else {
+		l.Msg = l.Text
+	}
+	return l
+}
+
+// program is the tag without "[pid]".
+func (l Line) program() string {
+	p, _, _ := strings.Cut(l.Tag, "[")
+	return p
+}
+
+// Serious reports whether the line is a warning or worse.
+func (l Line) Serious() bool {
+	if l.Severity != SevNone {
+		return l.Severity <= SevWarning
+	}
+	if l.Source != Postfix || l.Tag == "" {
+		return false
+	}
+	for _, p := range []string{"warning: ", "error: ", "fatal: ", "panic: "} {
+		if strings.HasPrefix(l.Msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// Lifecycle reports whether the line is the start, reload or stop of the
+// service itself.
+func (l Line) Lifecycle() bool {
+	switch l.Source {
+	case Postfix:
+		prog := l.program()
+		switch {
+		case strings.HasSuffix(prog, "/master"):
+			for _, p := range []string{"daemon started -- ", "reload -- ", "terminating on signal "} {
+				if strings.HasPrefix(l.Msg, p) {
+					return true
+				}
+			}
+		case strings.HasSuffix(prog, "/postfix-script"):
+			for _, p := range []string{"starting the Postfix mail system", "stopping the Postfix mail system", "refreshing the Postfix mail system"} {
+				if l.Msg == p {
+					return true
+				}
+			}
+		}
+	case Dovecot:
+		// "master: Dovecot v2.3.19.1 (9b53102964) starting up for imap, lmtp (core dumps disabled)"
+		if rest, ok := strings.CutPrefix(l.Msg, "master: Dovecot v"); ok && strings.Contains(rest, " starting up") {
+			return true
+		}
+	}
+	return false
+}
+
+// Keep reports whether the line survives No-Log.
+func (l Line) Keep() bool { return l.Serious() || l.Lifecycle() }
+
+// Apply is the No-Log rule on one line: what to write (without newline),
+// whether to write it, and whether masking changed it.
+func Apply(l Line, nolog bool) (out string, keep, masked bool) {
+	if !nolog {
+		return l.Text, true, false
+	}
+	if !l.Keep() {
+		return "", false, false
+	}
+	out = Mask(l.Source, l.Text)
+	return out, true, out != l.Text
+}
+
+var (
+	// A Dovecot dict key names the user and, for passdb lookups, carries
+	// the password: `Failed to lookup key shared/passdb/<password>"<user>:
+	// dict-server returned failure`. Everything from the key to the last
+	// ": dict-server" goes, or to the end of the line without one.
+	dictKeyServer = regexp.MustCompile(`\b(?:shared|priv)/.*: dict-server`)
+	dictKey       = regexp.MustCompile(`\b(?:shared|priv)/.*$`)
+	// Anything in angle brackets: addresses, message ids, HELO names,
+	// Dovecot session ids and pids. "<>" (the null sender) stays.
+	angle = regexp.MustCompile(`<[^<>]+>`)
+	// Dovecot's "service(user)" and "dict(user,ip,<session>)" prefixes; a
+	// pid in parentheses, "auth-worker(123)", stays.
+	paren = regexp.MustCompile(`\b([A-Za-z][A-Za-z0-9_-]*)\(([^()]*)\)`)
+	// Absolute paths in Dovecot lines: a mail home names its user
+	// (".../chat.test/bob/dovecot.index.log"). Paths of the system stay.
+	path = regexp.MustCompile(`(^|[\s='"(])/[^\s,;'"()<>]*`)
+	// key=value pairs that name a person, a peer or a message.
+	kv = regexp.MustCompile(`\b(user|sasl_username|sasl_sender|from|to|orig_to|helo|rip|lip|client|relay|session|sender|recipient|orig_client|reverse_client|msgid|message-id|login_user|original_user|remote|local)=([^\s,;]+)`)
+	// host[ip] as Postfix writes peers, and a bare bracketed address.
+	hostIP = regexp.MustCompile(`(?:[A-Za-z0-9._-]+)?\[(?:IPv6:)?[0-9A-Fa-f]*[.:][0-9A-Fa-f.:]*(?:%[A-Za-z0-9]+)?\]`)
+	// "hostname foo.example does not resolve to address ...".
+	hostname = regexp.MustCompile(`\b(hostname|host|address) ([A-Za-z0-9._:-]*[.:][A-Za-z0-9._:-]*)`)
+	ipv4     = regexp.MustCompile(`\b\d{1,3}(?:\.\d{1,3}){3}\b`)
+	// IPv6: eight groups, or a "::" form, optionally ending in IPv4.
+	ipv6 = regexp.MustCompile(`(?i)\b(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}\b|(?:\b[0-9a-f]{1,4}(?::[0-9a-f]{1,4})*::(?:[0-9a-f]{1,4}(?::[0-9a-f]{1,4})*)?|::[0-9a-f]{1,4}(?::[0-9a-f]{1,4})*)\b`)
+	// Addresses outside brackets, "User doesn't exist: bob@example.org".
+	email = regexp.MustCompile(`[^\s<>()\[\],;:"'=]*@[^\s<>()\[\],;:"'=]+`)
+	// Postfix queue ids: short (hex, 6 or more) and long (enable_long_queue_ids).
+	queueID = regexp.MustCompile(`\b(?:[0-9A-F]{6,}|[0-9BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxy]{10,}z[0-9BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxy]+)\b`)
+)
+
+// Mask replaces every identity in text by "-". It is idempotent and never
+// makes the text longer: one pass can uncover a shape for another (a mask
+// joining two fragments), so it repeats until nothing changes. Every pass
+// either shortens the text or leaves it in its final form, so this ends;
+// the bound is a guard.
+func Mask(src Source, text string) string {
+	for range 16 {
+		m := maskOnce(src, text)
+		if m == text {
+			break
+		}
+		text = m
+	}
+	return text
+}
+
+func maskOnce(src Source, text string) string {
+	s := dictKeyServer.ReplaceAllString(text, "-: dict-server")
+	s = dictKey.ReplaceAllString(s, "-")
+	s = angle.ReplaceAllString(s, "<->")
+	if src == Dovecot {
+		s = paren.ReplaceAllStringFunc(s, func(m string) string {
+			i := strings.IndexByte(m, '(')
+			inner := m[i+1 : len(m)-1]
+			if inner == "" || inner == "-" || allDigits(inner) {
+				return m
+			}
+			return m[:i] + "(-)"
+		})
+	}
+	if src == Dovecot {
+		s = path.ReplaceAllStringFunc(s, func(m string) string {
+			i := strings.IndexByte(m, '/')
+			for _, p := range systemDirs {
+				if strings.HasPrefix(m[i:], p) {
+					return m
+				}
+			}
+			return m[:i] + "-"
+		})
+	}
+	s = kv.ReplaceAllStringFunc(s, func(m string) string {
+		k, v, _ := strings.Cut(m, "=")
+		if v == "<>" || v == "<->" || v == "-" {
+			return m
+		}
+		if strings.HasPrefix(v, "<") && strings.HasSuffix(v, ">") {
+			return k + "=<->"
+		}
+		return k + "=-"
+	})
+	s = hostIP.ReplaceAllString(s, "-[-]")
+	s = hostname.ReplaceAllString(s, "$1 -")
+	s = ipv4.ReplaceAllString(s, "-") // first: "::ffff:192.0.2.1" ends in an IPv4
+	s = ipv6.ReplaceAllString(s, "-")
+	s = email.ReplaceAllString(s, "-")
+	s = queueID.ReplaceAllString(s, "-")
+	return s
+}
+
+// systemDirs are where Dovecot's own files live; a path elsewhere may be a
+// mail home.
+var systemDirs = []string{"/etc/", "/usr/", "/run/", "/var/run/", "/var/lib/dovecot/", "/proc/", "/dev/"}
+
+func allDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
