@@ -175,7 +175,9 @@ func (l Line) Keep() bool { return l.Serious() || l.Lifecycle() }
 // whether to write it, and whether masking changed it.
 func Apply(l Line, nolog bool) (out string, keep, masked bool) {
 	if !nolog {
-		return l.Text, true, false
+		// Unchanged, but for a password: never on disk, whatever the mode.
+		out = Secrets(l.Source, l.Text)
+		return out, true, out != l.Text
 	}
 	if !l.Keep() {
 		return "", false, false
@@ -213,6 +215,25 @@ var (
 	email = regexp.MustCompile(`[^\s<>()\[\],;:"'=]*@[^\s<>()\[\],;:"'=]+`)
 	// Postfix queue ids: short (hex, 6 or more) and long (enable_long_queue_ids).
 	queueID = regexp.MustCompile(`\b(?:[0-9A-F]{6,}|[0-9BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxy]{10,}z[0-9BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxy]+)\b`)
+)
+
+// Secrets removes what must reach no log in any mode: Dovecot's passdb
+// dict keys, which carry the password of a login whose lookup failed
+// (doveauth's key is passdb/<password>"<user>, and Dovecot logs the key of
+// a failed lookup at error level).
+func Secrets(src Source, text string) string {
+	if src != Dovecot || !strings.Contains(text, "passdb/") {
+		return text
+	}
+	if s := passdbKeyServer.ReplaceAllString(text, "-: dict-server"); s != text {
+		return s
+	}
+	return passdbKey.ReplaceAllString(text, "-")
+}
+
+var (
+	passdbKeyServer = regexp.MustCompile(`\b(?:shared|priv)/passdb/.*: dict-server`)
+	passdbKey       = regexp.MustCompile(`\b(?:shared|priv)/passdb/.*$`)
 )
 
 // Mask replaces every identity in text by "-". It is idempotent and never

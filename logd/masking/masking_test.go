@@ -267,6 +267,8 @@ func TestForgedSeverity(t *testing.T) {
 	}
 }
 
+// TestNoLogOffUnchanged: with No-Log off every line is written as it came,
+// but for a password in a failed passdb lookup (TestPasswordNeverLogged).
 func TestNoLogOffUnchanged(t *testing.T) {
 	for _, f := range fixtures(t) {
 		l := Parse(f.src, []byte(f.dgram))
@@ -275,8 +277,9 @@ func TestNoLogOffUnchanged(t *testing.T) {
 		if strings.HasPrefix(want, "<") {
 			want = want[strings.IndexByte(want, '>')+1:]
 		}
-		if !keep || masked || out != want {
-			t.Errorf("changed with No-Log off: %q -> %q", f.dgram, out)
+		secret := strings.Contains(want, "shared/passdb/")
+		if !keep || masked != secret || (out != want) != secret {
+			t.Errorf("No-Log off: %q -> %q", f.dgram, out)
 		}
 	}
 }
@@ -293,5 +296,23 @@ func TestParse(t *testing.T) {
 	l = Parse(Postfix, []byte("a: b\nNov 29 forged: line\r"))
 	if strings.ContainsAny(l.Text, "\r\n") {
 		t.Errorf("line break kept: %q", l.Text)
+	}
+}
+
+// TestPasswordNeverLogged: Dovecot logs the passdb dict key of a failed
+// lookup, and doveauth's key carries the password; it reaches no log in
+// either mode.
+func TestPasswordNeverLogged(t *testing.T) {
+	line := `auth-worker(31276): Error: dict(newuser12@chat.test,127.0.0.1,<sW1q2w3e>): Failed to lookup key shared/passdb/password123"newuser12@chat.test: dict-server returned failure: try again later`
+	for _, nolog := range []bool{false, true} {
+		out, _, _ := Apply(Line{Source: Dovecot, Severity: 3, Text: line}, nolog)
+		if strings.Contains(out, "password123") {
+			t.Errorf("nolog %v: the password is in %q", nolog, out)
+		}
+	}
+	// Lines without a passdb key pass unchanged with No-Log off.
+	plain := `imap-login: Login: user=<bob@chat.test>, method=PLAIN, rip=127.0.0.1`
+	if out, _, masked := Apply(Line{Source: Dovecot, Severity: 6, Text: plain}, false); out != plain || masked {
+		t.Errorf("changed %q to %q", plain, out)
 	}
 }
