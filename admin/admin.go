@@ -79,3 +79,31 @@ func Open(ctx context.Context, cfg *config.Common, sec *Config) (*accounts.Lifec
 		ListMail:   accounts.ListMaildirs(cfg.Accounts.MailboxesDir),
 	}, store.Close, nil
 }
+
+// NoLog returns the No-Log switch from the database, switching it first
+// to *set if set is not nil. Every daemon configured with the same
+// database follows within a second.
+func NoLog(ctx context.Context, cfg *config.Common, set *bool) (bool, error) {
+	if err := cfg.RequirePostgres(); err != nil {
+		return false, err
+	}
+	dsn, err := cfg.PostgresDSN()
+	if err != nil {
+		return false, err
+	}
+	store, err := accounts.Open(ctx, dsn, 1)
+	if err != nil {
+		return false, err
+	}
+	defer store.Close()
+	// The settings table comes with the migrations.
+	if err := store.Migrate(ctx); err != nil {
+		return false, err
+	}
+	if set != nil {
+		if err := store.SetNoLog(ctx, *set); err != nil {
+			return false, err
+		}
+	}
+	return store.NoLog(ctx)
+}

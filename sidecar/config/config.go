@@ -109,8 +109,10 @@ type Postgres struct {
 // Log configures logging.
 type Log struct {
 	Level string `toml:"level"` // debug, info, warn, error
-	// NoLogFile switches No-Log on while it exists. The admin CLI creates and
-	// removes it; daemons notice within a second, without a restart.
+	// NoLogFile switches No-Log on while it exists, when [postgres] dsn is
+	// not set (with it, the switch is in the database). The admin CLI
+	// creates and removes it; daemons notice within a second, without a
+	// restart.
 	NoLogFile string `toml:"nolog_file"`
 }
 

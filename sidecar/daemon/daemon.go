@@ -23,11 +23,13 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"chatmail.dev/sidecar/accounts"
 	"chatmail.dev/sidecar/config"
 	"chatmail.dev/sidecar/connserve"
 	"chatmail.dev/sidecar/logging"
@@ -169,9 +171,11 @@ func run[S Section](spec Spec[S], path string) int {
 	defer stop()
 
 	nolog := &logging.NoLog{}
-	nolog.Sync(cfg.Log.NoLogFile)
-	go nolog.Watch(ctx, cfg.Log.NoLogFile, time.Second)
 	log := logging.New(os.Stderr, logging.ParseLevel(cfg.Log.Level), nolog).With("daemon", spec.Name)
+	if err := followNoLog(ctx, cfg, nolog, log); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", spec.Name, err)
+		return ExitConfig
+	}
 
 	reg := metrics.NewRegistry()
 	metrics.RegisterBuildInfo(reg, spec.Name)
@@ -221,4 +225,68 @@ func run[S Section](spec Spec[S], path string) int {
 		log.Error("failed", "err", err)
 		return ExitFailure
 	}
+}
+
+// NoLogWait is how long a starting daemon waits for the first reading of
+// the No-Log switch from PostgreSQL; No-Log is on until then.
+const NoLogWait = 3 * time.Second
+
+// followNoLog keeps nolog in step with the No-Log switch: the settings
+// table when [postgres] is configured (every daemon on every node sharing
+// the database follows it), else the existence of [log] nolog_file. Each
+// change is logged in one line, naming nobody. With PostgreSQL, No-Log is
+// on until the first reading and keeps its last known value while the
+// database cannot be read: failing towards privacy.
+func followNoLog(ctx context.Context, cfg *config.Common, nolog *logging.NoLog, log *slog.Logger) error {
+	apply := func(on bool) {
+		switch {
+		case on == nolog.On():
+		case on:
+			// Logged before the switch: below Warn nothing passes under No-Log.
+			log.Info("No-Log on: nothing about users is logged from now on")
+			nolog.Set(true)
+		default:
+			nolog.Set(false)
+			log.Info("No-Log off: logging users again")
+		}
+	}
+	if cfg.Postgres.DSN == "" {
+		nolog.Set(logging.FileOn(cfg.Log.NoLogFile))
+		go func() {
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					if cfg.Log.NoLogFile != "" {
+						apply(logging.FileOn(cfg.Log.NoLogFile))
+					}
+				}
+			}
+		}()
+		return nil
+	}
+	dsn, err := cfg.PostgresDSN()
+	if err != nil {
+		return err
+	}
+	nolog.Set(true)
+	first := make(chan struct{})
+	var once sync.Once
+	ready := func() { once.Do(func() { close(first) }) }
+	go func() {
+		err := accounts.WatchNoLog(ctx, dsn, func(on bool) { apply(on); ready() }, func(error) { ready() }, log)
+		if err != nil {
+			log.Error("cannot follow the No-Log switch, No-Log stays on", "err", err)
+			ready()
+		}
+	}()
+	select {
+	case <-first:
+	case <-time.After(NoLogWait):
+	case <-ctx.Done():
+	}
+	return nil
 }

@@ -15,7 +15,6 @@ import (
 	"log/slog"
 	"os"
 	"sync/atomic"
-	"time"
 )
 
 // Keys of attributes that identify a person or a message.
@@ -49,29 +48,15 @@ func (n *NoLog) On() bool { return n != nil && n.on.Load() }
 // Set switches No-Log on or off.
 func (n *NoLog) Set(on bool) { n.on.Store(on) }
 
-// Watch keeps n in step with the existence of path, checking every interval,
-// until ctx ends. Call Sync first so the switch is right from the start.
-func (n *NoLog) Watch(ctx context.Context, path string, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			n.Sync(path)
-		}
-	}
-}
-
-// Sync sets n from the existence of path once. A path that cannot be checked
-// for another reason than absence counts as on: failing towards privacy.
-func (n *NoLog) Sync(path string) {
+// FileOn reports whether the No-Log file at path switches No-Log on: it
+// exists, or cannot be checked for another reason than absence (failing
+// towards privacy). An empty path is off.
+func FileOn(path string) bool {
 	if path == "" {
-		return
+		return false
 	}
 	_, err := os.Stat(path)
-	n.Set(err == nil || !os.IsNotExist(err))
+	return err == nil || !os.IsNotExist(err)
 }
 
 // ParseLevel maps a config level name to a slog level.

@@ -44,16 +44,15 @@ func TestNoLog(t *testing.T) {
 	}
 }
 
-func TestSyncFollowsFile(t *testing.T) {
+func TestFileOn(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "nolog")
-	n := &NoLog{}
-	n.Sync(f)
-	if n.On() {
+	if FileOn(f) || FileOn("") {
 		t.Error("on without the file")
 	}
-	os.WriteFile(f, nil, 0o644)
-	n.Sync(f)
-	if !n.On() {
+	if err := os.WriteFile(f, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !FileOn(f) {
 		t.Error("off with the file")
 	}
 }

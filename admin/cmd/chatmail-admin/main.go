@@ -37,7 +37,9 @@ commands:
                        run it again to finish a deletion that failed
   sweep                remove mail that reappeared for deleted accounts
                        (a delivery under way as they went); run hourly
-  nolog on|off|status  switch No-Log for every daemon, at once
+  nolog on|off|status  switch No-Log for every daemon, at once (in
+                       PostgreSQL when [postgres] dsn is set, so every
+                       node sharing it follows; else nolog_file)
 `
 
 func main() {
@@ -144,6 +146,10 @@ func nolog(cfg *config.Common, args []string, out io.Writer) error {
 	if len(args) != 1 {
 		return errUsage
 	}
+	if cfg.Postgres.DSN != "" {
+		return nologDB(cfg, args[0], out)
+	}
+	// Without PostgreSQL the switch is a file on this machine.
 	f := cfg.Log.NoLogFile
 	switch args[0] {
 	case "on":
@@ -164,6 +170,32 @@ func nolog(cfg *config.Common, args []string, out io.Writer) error {
 	_, err := os.Stat(f)
 	state := "off"
 	if err == nil {
+		state = "on"
+	}
+	_, err = fmt.Fprintf(out, "nolog %s\n", state)
+	return err
+}
+
+// nologDB switches No-Log in the database, where every daemon of every node
+// sharing it follows the switch.
+func nologDB(cfg *config.Common, arg string, out io.Writer) error {
+	var set *bool
+	switch arg {
+	case "on", "off":
+		on := arg == "on"
+		set = &on
+	case "status":
+	default:
+		return errUsage
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	on, err := admin.NoLog(ctx, cfg, set)
+	if err != nil {
+		return fmt.Errorf("nolog: %w", err)
+	}
+	state := "off"
+	if on {
 		state = "on"
 	}
 	_, err = fmt.Fprintf(out, "nolog %s\n", state)
