@@ -492,9 +492,6 @@ func judgeMilter(j *Judge, ct []string, body []byte) error {
 // Memory must stay bounded whatever the body: judging 16 MiB allocates no
 // more than a judge's fixed buffers.
 func TestBoundedMemory(t *testing.T) {
-	if testing.Short() {
-		t.Skip("16 MiB bodies")
-	}
 	ct, _ := postfixBounce(okText, okStatus, "", "")
 	for name, body := range hostile() {
 		var before, after runtime.MemStats
