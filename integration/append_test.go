@@ -3,14 +3,12 @@ package integration
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-smtp"
 
 	"chatmail.dev/integration/stack"
 )
@@ -39,21 +37,11 @@ func storedFiles(t *testing.T, s *stack.Stack, addr string) []string {
 // after the milter.
 func lmtpDeliverPlain(t *testing.T, s *stack.Stack, to, body string) {
 	t.Helper()
-	conn, err := net.Dial("unix", s.Env["LMTP_SOCKET"])
+	c, err := lmtpSession(s, to)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := smtp.NewClientLMTP(conn)
 	defer c.Close()
-	if err := c.Hello("localhost"); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Mail("someone@elsewhere.test", nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Rcpt(to, nil); err != nil {
-		t.Fatal(err)
-	}
 	w, err := c.Data()
 	if err != nil {
 		t.Fatal(err)

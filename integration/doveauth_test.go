@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -290,31 +289,7 @@ func TestLMTPDeliveryAndQuota(t *testing.T) {
 	addr := newAddr(s)
 	wantLogin(t, s, addr, goodPassword, "")
 
-	conn, err := net.Dial("unix", s.Env["LMTP_SOCKET"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := smtp.NewClientLMTP(conn)
-	defer c.Close()
-	if err := c.Hello("localhost"); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Mail("someone@elsewhere.test", nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Rcpt(addr, nil); err != nil {
-		t.Fatal(err)
-	}
-	w, err := c.Data()
-	if err != nil {
-		t.Fatal(err)
-	}
-	body := strings.Repeat("x", 5000)
-	fmt.Fprintf(w, "From: someone@elsewhere.test\r\nTo: %s\r\nSubject: [...]\r\n\r\n%s\r\n", addr, body)
-	if _, err := w.CloseWithLMTPResponse(); err != nil {
-		t.Fatalf("LMTP delivery: %v", err)
-	}
-	c.Quit()
+	lmtpDeliverPlain(t, s, addr, strings.Repeat("x", 5000))
 
 	files, err := filepath.Glob(filepath.Join(s.Env["MAILBOXES_DIR"], addr, "new", "*"))
 	if err != nil || len(files) != 1 {

@@ -333,21 +333,8 @@ func (e *env) captureCurrent() error {
 	}
 
 	// Groups: created with Bob, Carol joins by QR, Bob leaves and comes back.
-	group, err := alice.Acc.CreateGroupChat(e.ctx, "Tea Party")
+	group, err := e.captureGroup(v, alice, bob, carol, joined, all)
 	if err != nil {
-		return err
-	}
-	if err := alice.Acc.AddContactToChat(e.ctx, group, joined.JoinerContact); err != nil {
-		return err
-	}
-	if _, err := e.sendAndReceive("group-create", alice, group, deltachat.MessageData{Text: secret("welcome")}, all, bob); err != nil {
-		return err
-	}
-	jn, in = handshake(v, true, "")
-	if _, err := e.join("securejoin-group", alice, carol, group, jn, in, bob); err != nil {
-		return err
-	}
-	if _, err := e.sendAndReceive("group-text", alice, group, deltachat.MessageData{Text: secret("tea is ready")}, all, bob, carol); err != nil {
 		return err
 	}
 	if err := e.sendOnly("group-member-remove", alice, bob, all, func(ctx context.Context) error {
@@ -412,6 +399,27 @@ func (e *env) captureCurrent() error {
 }
 
 // lastOwnMessage returns the newest message p sent in a chat.
+// captureGroup captures a group's creation with Bob, Carol's join by QR and
+// a message to all three; it returns the group.
+func (e *env) captureGroup(v string, alice, bob, carol *peer, joined chatflow.Joined, all []*peer) (uint32, error) {
+	group, err := alice.Acc.CreateGroupChat(e.ctx, "Tea Party")
+	if err != nil {
+		return 0, err
+	}
+	if err := alice.Acc.AddContactToChat(e.ctx, group, joined.JoinerContact); err != nil {
+		return 0, err
+	}
+	if _, err := e.sendAndReceive("group-create", alice, group, deltachat.MessageData{Text: secret("welcome")}, all, bob); err != nil {
+		return 0, err
+	}
+	jn, in := handshake(v, true, "")
+	if _, err := e.join("securejoin-group", alice, carol, group, jn, in, bob); err != nil {
+		return 0, err
+	}
+	_, err = e.sendAndReceive("group-text", alice, group, deltachat.MessageData{Text: secret("tea is ready")}, all, bob, carol)
+	return group, err
+}
+
 func lastOwnMessage(ctx context.Context, p *peer, chatID uint32) (uint32, error) {
 	ids, err := p.Acc.MessageIDs(ctx, chatID)
 	if err != nil {
@@ -460,21 +468,7 @@ func (e *env) captureOld(v string) error {
 	if _, err := e.sendAndReceive("text-reply", alice, aliceChat, deltachat.MessageData{Text: secret("hi Bob")}, all, bob); err != nil {
 		return err
 	}
-	group, err := alice.Acc.CreateGroupChat(e.ctx, "Tea Party")
-	if err != nil {
-		return err
-	}
-	if err := alice.Acc.AddContactToChat(e.ctx, group, joined.JoinerContact); err != nil {
-		return err
-	}
-	if _, err := e.sendAndReceive("group-create", alice, group, deltachat.MessageData{Text: secret("welcome")}, all, bob); err != nil {
-		return err
-	}
-	jn, in = handshake(v, true, "")
-	if _, err := e.join("securejoin-group", alice, carol, group, jn, in, bob); err != nil {
-		return err
-	}
-	_, err = e.sendAndReceive("group-text", alice, group, deltachat.MessageData{Text: secret("tea is ready")}, all, bob, carol)
+	_, err = e.captureGroup(v, alice, bob, carol, joined, all)
 	return err
 }
 
