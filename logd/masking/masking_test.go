@@ -22,7 +22,9 @@ type fixture struct {
 // Dovecot's syslog handler sends for it (lib/failures.c: the prefix, the
 // type's "Warning: " etc. except for Info, the text; the level as PRI with
 // facility mail), "<22>Nov 29 14:10:11 dovecot: imap-login: Login: ...".
-func dovecotFileToSyslog(t *testing.T, line string) string {
+// ident is the syslog identifier glibc puts before the text: "dovecot",
+// "dovecot[pid]" with LOG_PID, or Dovecot's instance_name.
+func dovecotFileToSyslog(t *testing.T, line, ident string) string {
 	t.Helper()
 	stamp, rest := line[:15], line[16:]
 	prefix, text, ok := strings.Cut(rest, ": ")
@@ -37,7 +39,7 @@ func dovecotFileToSyslog(t *testing.T, line string) string {
 			if s.word == "Info: " {
 				text = body
 			}
-			return "<" + itoa(s.pri) + ">" + stamp + " dovecot: " + prefix + ": " + text
+			return "<" + itoa(s.pri) + ">" + stamp + " " + ident + ": " + prefix + ": " + text
 		}
 	}
 	t.Fatalf("no level in Dovecot log line: %q", line)
@@ -75,7 +77,7 @@ func fixtures(t *testing.T) []fixture {
 				continue
 			}
 			if f.conv {
-				line = dovecotFileToSyslog(t, line)
+				line = dovecotFileToSyslog(t, line, "dovecot")
 			}
 			fs = append(fs, fixture{f.name, f.src, line})
 		}
@@ -280,6 +282,70 @@ func TestNoLogOffUnchanged(t *testing.T) {
 		secret := strings.Contains(want, "shared/passdb/")
 		if !keep || masked != secret || (out != want) != secret {
 			t.Errorf("No-Log off: %q -> %q", f.dgram, out)
+		}
+	}
+}
+
+// Dovecot's lines in every syslog form glibc sends to /dev/log: the
+// identifier is "dovecot" (2.3), "dovecot[pid]" (with LOG_PID), or
+// instance_name (2.4, and the test stack's per-instance names); the day of
+// the month is padded with a space. With No-Log on nothing about a user
+// survives; with it off the line is as sent, without its PRI.
+func TestDovecotSyslogForms(t *testing.T) {
+	fs := fixtures(t)
+	ids := harvest(fs)
+	ids["x.test"] = true
+	var bodies []string // the real capture, as Dovecot writes its own file
+	fh, err := os.ReadFile(filepath.Join("testdata", "dovecot-2.3.19.1.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(fh), "\n") {
+		if line != "" {
+			bodies = append(bodies, line)
+		}
+	}
+	bodies = append(bodies,
+		"Nov  9 11:22:25 imap-login: Info: Logged in: user=<alice@x.test>, method=PLAIN, rip=127.0.0.1, lip=127.0.0.1, mpid=123, TLS, session=<abc>",
+		"Nov  9 11:22:25 imap(alice@x.test)<123><abcdefgh>: Error: Mailbox INBOX: open(/home/vmail/mail/x.test/alice/cur) failed: Permission denied",
+	)
+	for _, ident := range []string{"chatmail-20000", "dovecot", "dovecot[4242]", "dc24"} {
+		kept, lifecycle := 0, 0
+		for _, b := range bodies {
+			d := dovecotFileToSyslog(t, b, ident)
+			l := Parse(Dovecot, []byte(d))
+			if l.Tag != ident || l.Severity == SevNone || !strings.HasPrefix(d, "<") {
+				t.Fatalf("%q: tag %q severity %d", d, l.Tag, l.Severity)
+			}
+			if out, keep, _ := Apply(l, false); !keep || (out != d[strings.IndexByte(d, '>')+1:]) != strings.Contains(d, "shared/passdb/") {
+				t.Errorf("No-Log off changed %q to %q", d, out)
+			}
+			out, keep, _ := Apply(l, true)
+			if !keep {
+				if seriousIndependent(d) {
+					t.Errorf("dropped a warning: %q", d)
+				}
+				continue
+			}
+			kept++
+			if l.Lifecycle() {
+				lifecycle++
+			} else if !seriousIndependent(d) {
+				t.Errorf("kept a line of a user action: %q", d)
+			}
+			if lk := leaks(out, ids); len(lk) > 0 {
+				t.Errorf("identities %q left in %q (from %q)", lk, out, d)
+			}
+		}
+		if kept < 4 || lifecycle != 1 {
+			t.Errorf("%s: kept %d lines, %d of them the start, want the start and the warnings", ident, kept, lifecycle)
+		}
+	}
+	// The line from the brief, literally.
+	const login = "<22>Nov 29 11:22:25 chatmail-20000: imap-login: Logged in: user=<alice@x.test>, method=PLAIN, rip=127.0.0.1, lip=127.0.0.1, mpid=123, TLS, session=<abc>"
+	for _, d := range []string{login, strings.Replace(login, "chatmail-20000", "dovecot", 1), strings.Replace(login, "chatmail-20000", "dovecot[77]", 1)} {
+		if out, keep, _ := Apply(Parse(Dovecot, []byte(d)), true); keep {
+			t.Errorf("No-Log on kept %q as %q", d, out)
 		}
 	}
 }

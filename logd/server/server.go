@@ -6,6 +6,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -22,7 +23,10 @@ import (
 // DrainTimeout is the time from SIGTERM to exit: the queue is written out.
 const DrainTimeout = 5 * time.Second
 
-// Config is the [logd] section.
+// Config is the [logd] section. Under systemd the two sockets are
+// chatmail-logd.socket's, passed to logd and matched to these paths by the
+// address they are bound to; logd binds a configured socket itself only when
+// none was passed, and removes at exit only what it bound.
 //
 //	[logd]
 //	postfix_socket = "/var/spool/postfix/public/chatmail-log" # postlog_service_name = chatmail-log
@@ -31,7 +35,7 @@ const DrainTimeout = 5 * time.Second
 //	max_size = 104857600   # bytes; rotate to output.1 .. output.<keep>; 0: only reopen on SIGHUP
 //	keep = 5
 //	queue_length = 65536   # datagrams; beyond, lines are dropped and counted
-//	receive_buffer = 4194304 # SO_RCVBUF of each socket, bytes
+//	receive_buffer = 4194304 # SO_RCVBUF of each socket logd binds, bytes
 //	metrics = "127.0.0.1:9727"
 type Config struct {
 	PostfixSocket string `toml:"postfix_socket"`
@@ -68,6 +72,9 @@ func (c *Config) Validate() error {
 			return &config.Error{Key: k, Msg: fmt.Sprintf("%q is not an absolute path", p)}
 		}
 	}
+	if c.PostfixSocket != "" && filepath.Clean(c.PostfixSocket) == filepath.Clean(c.DovecotSocket) {
+		return &config.Error{Key: "dovecot_socket", Msg: "must differ from postfix_socket"}
+	}
 	if c.Output == "" {
 		return &config.Error{Key: "output", Msg: "must be set"}
 	}
@@ -83,10 +90,40 @@ func (c *Config) Validate() error {
 // MetricsAddr implements daemon.Section.
 func (c *Config) MetricsAddr() string { return c.Metrics }
 
-// Run binds the sockets and serves until ctx ends; SIGHUP reopens the output.
+// Run takes the sockets systemd passed (chatmail-logd.socket) or binds
+// them, and serves until ctx ends; SIGHUP reopens the output.
 func Run(ctx context.Context, env *daemon.Env, c *Config) error {
+	inherited, err := sink.ListenFDs()
+	if err != nil {
+		return fmt.Errorf("socket activation: %w", err)
+	}
+	return run(ctx, env, c, inherited)
+}
+
+func run(ctx context.Context, env *daemon.Env, c *Config, inherited []*os.File) error {
+	sources := []struct {
+		path string
+		src  masking.Source
+	}{{c.PostfixSocket, masking.Postfix}, {c.DovecotSocket, masking.Dovecot}}
+	adopted, err := sink.Adopt(inherited, []string{sources[0].path, sources[1].path})
+	if err != nil {
+		return fmt.Errorf("socket activation: %w", err)
+	}
+	var conns []*net.UnixConn
+	closeAll := func() {
+		for _, conn := range conns {
+			_ = conn.Close() // a datagram socket has nothing to flush
+		}
+	}
+	defer closeAll()
+	for _, conn := range adopted {
+		if conn != nil {
+			conns = append(conns, conn)
+		}
+	}
+
 	m := sink.NewMetrics(env.Registry)
-	q := sink.NewQueue(c.QueueLength, m)
+	q := sink.NewQueue(c.QueueLength, m, env.NoLog)
 	out, err := sink.OpenFile(c.Output, c.MaxSize, c.Keep)
 	if err != nil {
 		return err
@@ -94,20 +131,22 @@ func Run(ctx context.Context, env *daemon.Env, c *Config) error {
 	defer out.Close()
 
 	var readers sync.WaitGroup
-	errc := make(chan error, 2)
-	for _, s := range []struct {
-		path string
-		src  masking.Source
-	}{{c.PostfixSocket, masking.Postfix}, {c.DovecotSocket, masking.Dovecot}} {
+	errc := make(chan error, len(sources))
+	for i, s := range sources {
 		if s.path == "" {
 			continue
 		}
-		conn, err := sink.Listen(s.path, 0o666, c.ReceiveBuffer)
-		if err != nil {
-			return fmt.Errorf("%s socket: %w", s.src, err)
+		conn := adopted[i]
+		if conn == nil {
+			conn, err = sink.Listen(s.path, 0o666, c.ReceiveBuffer)
+			if err != nil {
+				return fmt.Errorf("%s socket: %w", s.src, err)
+			}
+			conns = append(conns, conn)
+			// Only what logd bound: a passed socket is systemd's, and its
+			// inode must outlive logd.
+			defer os.Remove(s.path)
 		}
-		defer os.Remove(s.path)
-		defer conn.Close()
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
@@ -120,7 +159,7 @@ func Run(ctx context.Context, env *daemon.Env, c *Config) error {
 	wctx, stopWriter := context.WithCancel(context.Background())
 	written := make(chan struct{})
 	go func() {
-		sink.WriteLoop(wctx, q, out, env.NoLog)
+		sink.WriteLoop(wctx, q, out)
 		close(written)
 	}()
 
@@ -130,7 +169,8 @@ func Run(ctx context.Context, env *daemon.Env, c *Config) error {
 	if err := daemon.Notify("READY=1"); err != nil {
 		env.Log.Warn("cannot tell systemd the daemon is ready", "err", err)
 	}
-	env.Log.Info("serving", "postfix_socket", c.PostfixSocket, "dovecot_socket", c.DovecotSocket, "output", c.Output)
+	env.Log.Info("serving", "postfix_socket", c.PostfixSocket, "dovecot_socket", c.DovecotSocket,
+		"passed_by_systemd", len(inherited), "output", c.Output)
 	var failed error
 loop:
 	for {
@@ -145,6 +185,10 @@ loop:
 			}
 		}
 	}
+	// Stop reading first: what is not read yet stays in the kernel, and a
+	// socket systemd holds hands it to the next logd.
+	closeAll()
+	readers.Wait()
 	stopWriter() // writes out what is queued, then returns
 	<-written
 	return failed

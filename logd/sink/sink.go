@@ -7,8 +7,11 @@
 // to a bounded queue; when the queue is full the datagram is dropped and
 // counted, so a slow or stuck writer never backs up into the kernel's
 // datagram queue, where Postfix, which logs with blocking sends, would stall.
-// One writer goroutine parses, masks and writes. The socket receive buffer
-// is raised so that a burst waits in the kernel rather than being refused.
+// One writer goroutine parses, masks and writes. How much a burst can wait
+// in the kernel is not the receive buffer's business: Linux bounds a unix
+// datagram socket's queue by net.unix.max_dgram_qlen and charges each
+// datagram to its sender's send buffer (measured in
+// deploy/sysctl.d/90-chatmail-logd.conf).
 package sink
 
 import (
@@ -75,25 +78,31 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 type item struct {
 	src masking.Source
 	b   []byte
+	// nolog is the mode when the datagram was read: a line that came
+	// under No-Log is treated as such even if No-Log is off when it is
+	// written.
+	nolog bool
 }
 
-// Queue is the bounded queue between the read loops and the writer.
+// Queue is the bounded queue between the read loops and the writer, and
+// the No-Log switch both ends consult.
 type Queue struct {
 	ch      chan item
 	m       *Metrics
+	nolog   NoLog
 	dropped prometheus.Counter
 }
 
-// NewQueue returns a queue of n datagrams.
-func NewQueue(n int, m *Metrics) *Queue {
-	return &Queue{ch: make(chan item, n), m: m, dropped: m.Dropped.WithLabelValues(ReasonQueueFull)}
+// NewQueue returns a queue of n datagrams following the switch nolog.
+func NewQueue(n int, m *Metrics, nolog NoLog) *Queue {
+	return &Queue{ch: make(chan item, n), m: m, nolog: nolog, dropped: m.Dropped.WithLabelValues(ReasonQueueFull)}
 }
 
 // offer never blocks.
 func (q *Queue) offer(src masking.Source, b []byte) {
 	q.m.Received.Inc()
 	select {
-	case q.ch <- item{src, b}:
+	case q.ch <- item{src, b, q.nolog.On()}:
 	default:
 		q.dropped.Inc()
 	}
@@ -101,8 +110,8 @@ func (q *Queue) offer(src masking.Source, b []byte) {
 
 // Listen binds a unixgram socket at path with mode (0666: every Postfix
 // process and Dovecot's log process send to it) and asks for a receive
-// buffer of rcvbuf bytes. A stale socket is replaced; any other file at
-// path is an error.
+// buffer of rcvbuf bytes (harmless; Linux does not limit unix datagrams by
+// it). A stale socket is replaced; any other file at path is an error.
 func Listen(path string, mode fs.FileMode, rcvbuf int) (*net.UnixConn, error) {
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != fs.ModeSocket {
@@ -169,11 +178,14 @@ type NoLog interface{ On() bool }
 
 // WriteLoop takes datagrams from q, applies the No-Log rules and writes to
 // out until ctx ends; then it writes what is still queued and returns.
-func WriteLoop(ctx context.Context, q *Queue, out Output, nolog NoLog) {
+// The mode of a line is the stricter of the modes when it was read and when
+// it is written: switching No-Log on masks what is still queued, switching
+// it off unmasks nothing that came while it was on.
+func WriteLoop(ctx context.Context, q *Queue, out Output) {
 	writeErr := q.m.Dropped.WithLabelValues(ReasonWriteError)
 	nologDrop := q.m.Dropped.WithLabelValues(ReasonNoLog)
 	handle := func(it item) {
-		line, keep, masked := masking.Apply(masking.Parse(it.src, it.b), nolog.On())
+		line, keep, masked := masking.Apply(masking.Parse(it.src, it.b), it.nolog || q.nolog.On())
 		if !keep {
 			nologDrop.Inc()
 			return

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"chatmail.dev/logd/masking"
+	"chatmail.dev/sidecar/logging"
 )
 
 type flag bool
@@ -29,7 +30,7 @@ func sendNB(t *testing.T, fd int, path string, msg string) error {
 	return syscall.Sendto(fd, []byte(msg), syscall.MSG_DONTWAIT, &syscall.SockaddrUnix{Name: path})
 }
 
-func setup(t *testing.T, qlen int) (string, *Queue, *Metrics, int) {
+func setup(t *testing.T, qlen int, nolog NoLog) (string, *Queue, *Metrics, int) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "log.sock")
 	c, err := Listen(path, 0o666, 1<<20)
@@ -37,7 +38,7 @@ func setup(t *testing.T, qlen int) (string, *Queue, *Metrics, int) {
 		t.Fatal(err)
 	}
 	m := NewMetrics(prometheus.NewRegistry())
-	q := NewQueue(qlen, m)
+	q := NewQueue(qlen, m, nolog)
 	done := make(chan error, 1)
 	go func() { done <- ReadLoop(c, masking.Postfix, q) }()
 	t.Cleanup(func() {
@@ -68,7 +69,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // A burst larger than the queue, with nobody writing: the sender never
 // blocks, the reader keeps reading, the overflow is dropped and counted.
 func TestBurstDropsNeverBlocks(t *testing.T) {
-	path, _, m, fd := setup(t, 10)
+	path, _, m, fd := setup(t, 10, flag(false))
 	const n = 2000
 	sent := 0
 	start := time.Now()
@@ -103,12 +104,12 @@ func (p pipeOut) Flush() error             { return nil }
 
 // A stalled writer does not stall the reader.
 func TestStalledWriterDoesNotStallReader(t *testing.T) {
-	path, q, m, fd := setup(t, 16)
+	path, q, m, fd := setup(t, 16, flag(false))
 	r, w := io.Pipe()
 	defer r.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go WriteLoop(ctx, q, pipeOut{w}, flag(false))
+	go WriteLoop(ctx, q, pipeOut{w})
 	for i := range 500 {
 		for {
 			err := sendNB(t, fd, path, "Nov 29 14:10:12 mx postfix/master[1]: warning: number "+strings.Repeat("y", i%7))
@@ -150,7 +151,7 @@ func (o *memOut) get() []string {
 func TestBothFormatsNoLog(t *testing.T) {
 	dir := t.TempDir()
 	m := NewMetrics(prometheus.NewRegistry())
-	q := NewQueue(100, m)
+	q := NewQueue(100, m, flag(true))
 	for _, s := range []struct {
 		name string
 		src  masking.Source
@@ -165,7 +166,7 @@ func TestBothFormatsNoLog(t *testing.T) {
 	out := &memOut{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go WriteLoop(ctx, q, out, flag(true))
+	go WriteLoop(ctx, q, out)
 	send := func(sock, msg string) {
 		c, err := net.Dial("unixgram", filepath.Join(dir, sock))
 		if err != nil {
@@ -193,6 +194,47 @@ func TestBothFormatsNoLog(t *testing.T) {
 	}
 	if testutil.ToFloat64(m.Masked) != 1 || testutil.ToFloat64(m.Dropped.WithLabelValues(ReasonNoLog)) != 2 {
 		t.Fatalf("masked %v, nolog drops %v", testutil.ToFloat64(m.Masked), testutil.ToFloat64(m.Dropped.WithLabelValues(ReasonNoLog)))
+	}
+}
+
+// Switching No-Log while lines wait in the queue: each line gets the
+// stricter of the modes when it was read and when it is written, so that
+// switching off never unmasks a line that came while No-Log was on.
+func TestNoLogSwitchWhileQueued(t *testing.T) {
+	const (
+		user       = "Nov 29 14:10:13 mx postfix/smtpd[28082]: 16B1398C2B2: client=localhost[127.0.0.1]"
+		warn       = "Nov 29 14:10:12 mx postfix/smtpd[28083]: warning: localhost[127.0.0.1]: SASL PLAIN authentication failed: (reason unavailable), sasl_username=alice1234@chat.test"
+		warnMasked = "Nov 29 14:10:12 mx postfix/smtpd[28083]: warning: -[-]: SASL PLAIN authentication failed: (reason unavailable), sasl_username=-"
+	)
+	for _, c := range []struct {
+		name        string
+		read, write bool
+		want        []string
+	}{
+		{"on when read, off when written", true, false, []string{warnMasked}},
+		{"off when read, on when written", false, true, []string{warnMasked}},
+		{"off throughout", false, false, []string{user, warn}},
+		{"on throughout", true, true, []string{warnMasked}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			nolog := &logging.NoLog{}
+			nolog.Set(c.read)
+			path, q, m, fd := setup(t, 10, nolog)
+			for _, l := range []string{user, warn} {
+				if err := sendNB(t, fd, path, l); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitFor(t, "both lines read", func() bool { return testutil.ToFloat64(m.Received) == 2 })
+			nolog.Set(c.write)
+			out := &memOut{}
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel() // WriteLoop writes out what is queued, then returns
+			WriteLoop(ctx, q, out)
+			if got := out.get(); strings.Join(got, "\n") != strings.Join(c.want, "\n") {
+				t.Fatalf("got %q\nwant %q", got, c.want)
+			}
+		})
 	}
 }
 

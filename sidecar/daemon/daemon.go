@@ -1,8 +1,9 @@
 // Package daemon holds what every chatmail daemon's main does the same way:
 // flags, config loading with exit code 2 on errors, logging with the No-Log
 // switch, the metrics listener with the panics counter and build_info,
-// systemd readiness and stopping notifications, signal handling, and one
-// drain budget from which the servers' shutdown budget derives.
+// systemd readiness and stopping notifications and watchdog pings, signal
+// handling, and one drain budget from which the servers' shutdown budget
+// derives.
 //
 // A daemon's main is one call:
 //
@@ -172,6 +173,12 @@ func run[S Section](spec Spec[S], path string) int {
 
 	nolog := &logging.NoLog{}
 	log := logging.New(os.Stderr, logging.ParseLevel(cfg.Log.Level), nolog).With("daemon", spec.Name)
+	// Pinged until run returns, through the drain: a process stopped while
+	// it drains is as stuck as one stopped while it serves.
+	wctx, stopWatchdog := context.WithCancel(context.Background())
+	watchdogDone := make(chan struct{})
+	go func() { Watchdog(wctx, log); close(watchdogDone) }()
+	defer func() { stopWatchdog(); <-watchdogDone }()
 	if err := followNoLog(ctx, cfg, nolog, log); err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", spec.Name, err)
 		return ExitConfig
