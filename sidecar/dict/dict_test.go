@@ -177,7 +177,7 @@ func TestIterate(t *testing.T) {
 			t.Errorf("line %d = %q, want %q", i, got[i], want[i])
 		}
 	}
-	got = exchange(t, sock, hello+"I16\t2\tshared/userdb/\t\n", 3)
+	got = exchange(t, sock, hello+"I8\t2\tshared/userdb/\t\n", 3)
 	if got[0] != "Oshared/userdb/a\t" || got[2] != "" {
 		t.Errorf("max rows 2 without values: %q", got)
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,11 +41,15 @@ type Handler interface {
 	Commit(ctx context.Context, tx *Tx) error
 }
 
-// Hello is what Dovecot says first on a connection.
+// Hello is what Dovecot says first on a connection. Major is 4 from
+// Dovecot 2.4 on, 3 from 2.3 (2 from older clients); a connection that
+// sends commands without a hello is served as 3.x with Major 0.
 type Hello struct {
 	Major, Minor int
 	User         string
-	DictName     string // the name after the socket path in proxy:<path>:<name>
+	// DictName is the name after the socket path in 2.3's
+	// proxy:<path>:<name>, or 2.4's dict_proxy_name.
+	DictName string
 }
 
 // Lookup is an L command.
@@ -63,14 +68,15 @@ type Iterate struct {
 	User    string
 }
 
-// Iterate flags from Dovecot's dict.h.
+// Iterate flags from Dovecot's dict.h, the same in 2.3 and 2.4 (doveadm
+// dict iter -1 sends 16, -RV sends 9; testdata/v3 and v4).
 const (
 	IterRecurse     = 0x01
-	IterExactKey    = 0x08
-	IterNoValue     = 0x10
-	IterAsync       = 0x20
 	IterSortByKey   = 0x02
 	IterSortByValue = 0x04
+	IterNoValue     = 0x08
+	IterExactKey    = 0x10
+	IterAsync       = 0x20
 )
 
 // OpKind says what a transaction operation does.
@@ -97,6 +103,13 @@ type Tx struct {
 	ID    uint64
 	User  string
 	Ops   []Op
+	// ExpireSecs is how long the values set should live, from protocol
+	// 4.0's BEGIN (doveadm dict set -e); 0 means forever, and is what
+	// quota_clone, last_login and METADATA send.
+	ExpireSecs uint32
+	// HideLogValues asks that the values stay out of logs (V, Dovecot
+	// 2.3.21 and 2.4).
+	HideLogValues bool
 }
 
 // ErrNotFound may be returned by Commit when a key to change does not exist;
@@ -223,28 +236,34 @@ func (c *conn) handle(line string, w *bufio.Writer) error {
 		return c.iterate(f, w)
 	case 'B':
 		return c.begin(f)
-	case 'S', 'U', 'A', 'T':
+	case 'S', 'U', 'A', 'T', 'V':
 		return c.change(cmd, f)
 	case 'R':
 		return c.rollback(f)
-	case 'C', 'D':
-		return c.commit(cmd == 'D', f, w)
+	case 'C':
+		return c.commit(false, f, w)
+	case 'D':
+		// Protocol 4.0 dropped the asynchronous commit.
+		if c.greeting.Major < 4 {
+			return c.commit(true, f, w)
+		}
 	}
 	return fmt.Errorf("unknown command %q", cmd)
 }
 
 // hello (H) starts the session: protocol version, user, dict name. It has
-// no reply.
+// no reply. The major version chooses the protocol: 4 (Dovecot 2.4), or 3
+// and 2 (2.3 and older), served alike.
 func (c *conn) hello(f []string) error {
 	if len(f) < 5 {
 		return fmt.Errorf("hello with %d fields, want 5", len(f))
 	}
-	c.greeting.Major, _ = strconv.Atoi(f[0])
-	c.greeting.Minor, _ = strconv.Atoi(f[1])
-	c.greeting.User, c.greeting.DictName = f[3], f[4]
-	if c.greeting.Major != 3 && c.greeting.Major != 2 {
-		return fmt.Errorf("unsupported dict protocol version %d.%d", c.greeting.Major, c.greeting.Minor)
+	major, err1 := strconv.Atoi(f[0])
+	minor, err2 := strconv.Atoi(f[1])
+	if err1 != nil || err2 != nil || major < 2 || major > 4 {
+		return fmt.Errorf("unsupported dict protocol version %.20q.%.20q", f[0], f[1])
 	}
+	c.greeting = Hello{Major: major, Minor: minor, User: f[3], DictName: f[4]}
 	return nil
 }
 
@@ -310,7 +329,8 @@ func (c *conn) iterate(f []string, w *bufio.Writer) error {
 	return w.WriteByte('\n')
 }
 
-// begin (B) opens a transaction. It has no reply.
+// begin (B) opens a transaction: B<id>\t<user>, and in protocol 4.0 a
+// third field, the values' lifetime in seconds. It has no reply.
 func (c *conn) begin(f []string) error {
 	id, err := strconv.ParseUint(f[0], 10, 32)
 	if err != nil {
@@ -329,12 +349,19 @@ func (c *conn) begin(f []string) error {
 	if len(f) > 1 {
 		tx.User = f[1]
 	}
+	if len(f) > 2 && c.greeting.Major >= 4 {
+		secs, err := strconv.ParseUint(f[2], 10, 32)
+		if err != nil {
+			return errors.New("non-numeric expire_secs")
+		}
+		tx.ExpireSecs = uint32(secs)
+	}
 	c.txs[id] = tx
 	return nil
 }
 
-// change (S set, U unset, A atomic increment, T timestamp) adds an
-// operation to a transaction. It has no reply.
+// change (S set, U unset, A atomic increment, T timestamp, V hide log
+// values) adds an operation to a transaction. It has no reply.
 func (c *conn) change(cmd byte, f []string) error {
 	tx, err := c.tx(f[0])
 	if err != nil {
@@ -356,6 +383,16 @@ func (c *conn) change(cmd byte, f []string) error {
 		tx.Ops = append(tx.Ops, Op{Kind: OpAtomicInc, Key: f[1], Diff: d})
 	case cmd == 'T':
 		// Timestamps only matter to backends that version values.
+	case cmd == 'V' && len(f) == 2:
+		// As Dovecot's str_parse_get_bool.
+		switch v := f[1]; {
+		case strings.EqualFold(v, "yes") || strings.EqualFold(v, "y") || v == "1":
+			tx.HideLogValues = true
+		case strings.EqualFold(v, "no"):
+			tx.HideLogValues = false
+		default:
+			return errors.New("hide_log_values neither yes nor no")
+		}
 	default:
 		return fmt.Errorf("%c command with %d fields", cmd, len(f))
 	}
