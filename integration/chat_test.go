@@ -108,10 +108,12 @@ func newChatter(t *testing.T, rpc *deltachat.RPC, s *stack.Stack, name string) *
 }
 
 // logServerLines logs the last lines of the stack's logs that name addr,
-// to explain a failure.
+// to explain a failure: Postfix's and Dovecot's (chatmail-logd's output),
+// the milter's and doveauth's.
 func logServerLines(t *testing.T, s *stack.Stack, addr string) {
-	for _, name := range []string{"postfix.log", "milter.log", "dovecot.log", "doveauth.log"} {
-		b, err := os.ReadFile(filepath.Join(s.Env["LOG_DIR"], name))
+	for _, path := range []string{s.Env["LOGD_OUTPUT"], filepath.Join(s.Env["LOG_DIR"], "milter.log"), filepath.Join(s.Env["LOG_DIR"], "doveauth.log")} {
+		name := filepath.Base(path)
+		b, err := os.ReadFile(path)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // the milter may not run
 		}

@@ -190,9 +190,10 @@ func TestPGPOnlyLocalSendmail(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("sendmail: %v: %s", err, out)
 	}
-	// The refusal shows in Postfix's log; then nothing may have arrived.
+	// The refusal shows in Postfix's log (chatmail-logd's output); then
+	// nothing may have arrived.
 	eventually(t, 15*time.Second, func() error {
-		b, err := os.ReadFile(filepath.Join(s.Env["LOG_DIR"], "postfix.log"))
+		b, err := os.ReadFile(s.Env["LOGD_OUTPUT"])
 		if err != nil {
 			return err
 		}
