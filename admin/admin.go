@@ -13,6 +13,7 @@ import (
 
 	"chatmail.dev/sidecar/accounts"
 	"chatmail.dev/sidecar/config"
+	"chatmail.dev/sidecar/logging"
 )
 
 // Config is the [admin] section.
@@ -39,9 +40,10 @@ func (c *Config) Kick(ctx context.Context, addr string) error {
 		return nil
 	}
 	if err != nil {
-		// doveadm may name the user; the error must not.
+		// doveadm may name the user, and other users or their IPs; the
+		// error must name no one (it reaches the journal from scripts).
 		out = bytes.ReplaceAll(bytes.TrimSpace(out), []byte(addr), []byte("[user]"))
-		return fmt.Errorf("doveadm kick: %v: %s", err, out)
+		return fmt.Errorf("doveadm kick: %v: %s", err, logging.Mask(string(out)))
 	}
 	return nil
 }

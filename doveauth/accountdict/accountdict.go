@@ -83,6 +83,15 @@ var errUnavailable = errors.New("account store unavailable, try again later")
 // a temporary failure (IMAP NO [UNAVAILABLE]), so the client retries.
 var errTryLater = errors.New("too many new accounts, try again later")
 
+// Refusals of keys doveauth does not serve. They go to Dovecot, which logs
+// them beside the key, and name no key: a key names its user and, for
+// passdb, carries the password (logging's rules).
+var (
+	errKey     = errors.New("doveauth does not serve this key")
+	errIterate = errors.New("doveauth cannot iterate this path")
+	errChange  = errors.New("doveauth cannot change this key")
+)
+
 // Lookup implements dict.Handler.
 func (s *Service) Lookup(ctx context.Context, req dict.Lookup) (string, bool, error) {
 	start := time.Now()
@@ -105,7 +114,7 @@ func (s *Service) Lookup(ctx context.Context, req dict.Lookup) (string, bool, er
 		value, result, err = s.quota(ctx, req.User, key == quotaStorage)
 	default:
 		kind, result = KindOther, Failed
-		err = fmt.Errorf("doveauth does not serve key %q", key)
+		err = errKey
 	}
 	if err != nil && result == "" {
 		result = TempFail
@@ -312,7 +321,7 @@ func (s *Service) SenderAccess(ctx context.Context, name, key string) (socketmap
 // Iterate implements dict.Handler; it lists accounts for doveadm -A.
 func (s *Service) Iterate(ctx context.Context, req dict.Iterate, emit func(key, value string) error) error {
 	if req.Path != userdbPrefix {
-		return fmt.Errorf("doveauth cannot iterate %q", req.Path)
+		return errIterate
 	}
 	err := s.Store.Each(ctx, func(a *accounts.Account) error {
 		return emit(userdbPrefix+a.Address, "")
@@ -353,7 +362,7 @@ func (s *Service) Commit(ctx context.Context, tx *dict.Tx) error {
 			}
 			loginFor, login = op.Key[len(lastLoginPrefix):], time.Unix(secs, 0)
 		default:
-			return fmt.Errorf("doveauth cannot change %q", op.Key)
+			return errChange
 		}
 	}
 	var err error

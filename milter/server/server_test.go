@@ -31,6 +31,13 @@ type harness struct {
 
 func start(t testing.TB, edit func(*Config)) *harness {
 	t.Helper()
+	return startLogged(t, slog.New(slog.DiscardHandler), edit, nil)
+}
+
+// startLogged starts a server logging to log; setup, if set, adjusts the
+// engine before the server starts.
+func startLogged(t testing.TB, log *slog.Logger, edit func(*Config), setup func(*mailpolicy.Engine)) *harness {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "m") // short: unix socket paths are limited
 	if err != nil {
 		t.Fatal(err)
@@ -44,10 +51,12 @@ func start(t testing.TB, edit func(*Config)) *harness {
 	}
 	common := config.Defaults()
 	common.Mail.Domains = []string{"chat.example"}
-	log := slog.New(slog.DiscardHandler)
 	engine, err := mailpolicy.NewEngine(&common, &cfg.Config, log)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if setup != nil {
+		setup(engine)
 	}
 	// A stale socket from a crash is replaced.
 	if err := os.WriteFile(filepath.Join(dir, "x"), nil, 0o600); err != nil {

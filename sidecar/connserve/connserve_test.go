@@ -4,13 +4,17 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"chatmail.dev/sidecar/logging/logtest"
 )
 
 // A request in progress finishes and is answered during Shutdown; an idle
@@ -75,14 +79,17 @@ type counter struct{ n atomic.Int64 }
 func (c *counter) Inc() { c.n.Add(1) }
 
 // A handler that panics is recovered and counted, its connection is
-// closed, and the server goes on serving other connections.
+// closed, and the server goes on serving other connections. The panic is
+// logged, and under No-Log its value names no one even when it quotes
+// what the handler was given.
 func TestPanicRecovered(t *testing.T) {
 	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	panics := &counter{}
-	s := &Server{Log: slog.New(slog.DiscardHandler), Panics: panics}
+	log, _, out := logtest.New(true)
+	s := &Server{Log: log, Panics: panics}
 	served := make(chan error, 1)
 	go func() {
 		served <- s.Serve(ln, func(c *Conn) {
@@ -91,7 +98,7 @@ func TestPanicRecovered(t *testing.T) {
 				return
 			}
 			if line == "panic\n" {
-				panic("handler bug")
+				panic(fmt.Errorf("handler bug on %q from %s about <%s>", "alice@chat.example", "192.0.2.1", "m1.x@chat.example"))
 			}
 			if _, err := c.Write([]byte("ok\n")); err != nil {
 				t.Error(err)
@@ -134,6 +141,12 @@ func TestPanicRecovered(t *testing.T) {
 	}
 	if n := panics.n.Load(); n != 3 {
 		t.Errorf("panics counted: %d, want 3", n)
+	}
+	if n := strings.Count(out.String(), "handler bug on"); n != 3 {
+		t.Errorf("%d panics logged, want 3:\n%s", n, out)
+	}
+	if leaks := logtest.Leaks(out.String(), "alice@chat.example", "192.0.2.1", "m1.x@chat.example"); len(leaks) > 0 {
+		t.Errorf("under No-Log the panic's log names %q:\n%s", leaks, out)
 	}
 }
 

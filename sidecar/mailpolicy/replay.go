@@ -23,6 +23,7 @@ func Replay(ctx context.Context, t *Txn, r io.Reader) (*Verdict, error) {
 	br := bufio.NewReaderSize(r, ChunkSize)
 	var name, value string
 	var have bool
+	lines := 0
 	flush := func() {
 		if have {
 			t.Header(name, value)
@@ -35,6 +36,7 @@ func Replay(ctx context.Context, t *Txn, r io.Reader) (*Verdict, error) {
 			return nil, err
 		}
 		l := strings.TrimRight(line, "\r\n")
+		lines++
 		if l == "" {
 			break // end of header (or of input)
 		}
@@ -56,7 +58,8 @@ func Replay(ctx context.Context, t *Txn, r io.Reader) (*Verdict, error) {
 			// Space before the colon is allowed (RFC 5322 4.5.3 obsolete
 			// syntax, and Postfix takes it); Txn.Header trims it.
 			if !ok || strings.TrimRight(n, " \t") == "" || strings.ContainsAny(strings.TrimRight(n, " \t"), " \t") {
-				return nil, fmt.Errorf("malformed header line %q", l)
+				// The line's number, not its text: a header names people.
+				return nil, fmt.Errorf("malformed header line %d", lines)
 			}
 			name, value, have = n, v, true
 		}
