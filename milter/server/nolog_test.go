@@ -13,6 +13,7 @@ import (
 
 	"github.com/emersion/go-milter"
 
+	"chatmail.dev/sidecar/logging"
 	"chatmail.dev/sidecar/logging/logtest"
 	"chatmail.dev/sidecar/mailpolicy"
 )
@@ -34,7 +35,7 @@ func TestNoLogNamesNoOne(t *testing.T) {
 	for _, on := range []bool{true, false} {
 		t.Run(map[bool]string{true: "on", false: "off"}[on], func(t *testing.T) {
 			log, _, out := logtest.New(on)
-			stdLogTo(log)
+			logging.RouteStdLog(log)
 			t.Cleanup(func() { stdlog.SetOutput(os.Stderr); stdlog.SetFlags(stdlog.LstdFlags) })
 			h := startLogged(t, log, func(c *Config) { c.VerifyDKIM = true },
 				func(e *mailpolicy.Engine) { e.SetLookup(panicLookup{}) })

@@ -15,7 +15,6 @@ package server
 import (
 	"context"
 	"errors"
-	stdlog "log"
 	"log/slog"
 	"net"
 	"net/textproto"
@@ -47,7 +46,6 @@ func Run(ctx context.Context, env *daemon.Env, cfg *Config) error {
 	if err != nil {
 		return err
 	}
-	stdLogTo(env.Log)
 	s := New(engine, env.Log, NewMetrics(env.Registry))
 	s.Panics = env.Panics
 	// Room for the DKIM key lookups, but never more than a drain leaves a
@@ -55,15 +53,6 @@ func Run(ctx context.Context, env *daemon.Env, cfg *Config) error {
 	s.EndTimeout = min(2*cfg.DNSTimeout.D()+5*time.Second, env.ShutdownTimeout())
 	env.Log.Info("entering serving loop", "listen", cfg.Listen)
 	return env.Serve(ctx, daemon.On(s, ln))
-}
-
-// stdLogTo sends what go-milter logs with the standard library's logger
-// ("Error performing milter command: ..." and the like, which would go
-// straight to stderr) to log as warnings, so that those lines obey No-Log
-// and its masking like every other line of the daemon.
-func stdLogTo(log *slog.Logger) {
-	stdlog.SetFlags(0)
-	stdlog.SetOutput(slog.NewLogLogger(log.Handler(), slog.LevelWarn).Writer())
 }
 
 // Server serves the milter protocol.

@@ -173,6 +173,7 @@ func run[S Section](spec Spec[S], path string) int {
 
 	nolog := &logging.NoLog{}
 	log := logging.New(os.Stderr, logging.ParseLevel(cfg.Log.Level), nolog).With("daemon", spec.Name)
+	logging.RouteStdLog(log)
 	// Pinged until run returns, through the drain: a process stopped while
 	// it drains is as stuck as one stopped while it serves.
 	wctx, stopWatchdog := context.WithCancel(context.Background())

@@ -46,6 +46,7 @@ import (
 	"encoding"
 	"fmt"
 	"io"
+	stdlog "log"
 	"log/slog"
 	"os"
 	"regexp"
@@ -299,4 +300,12 @@ func (h *handler) WithGroup(name string) slog.Handler {
 		return h
 	}
 	return h.with(op{group: name})
+}
+
+// RouteStdLog sends what libraries log with the standard logger (go-milter's
+// "Error performing milter command", net/http's server errors naming the
+// client) to l as warnings, so that No-Log and its masking hold there too.
+func RouteStdLog(l *slog.Logger) {
+	stdlog.SetFlags(0)
+	stdlog.SetOutput(slog.NewLogLogger(l.Handler(), slog.LevelWarn).Writer())
 }
