@@ -30,6 +30,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "integration: cannot start the test stack:", err)
 		os.Exit(1)
 	}
+	// Which servers this run tests (STACK_DEBIAN): CI runs the suite twice.
+	fmt.Fprintf(os.Stderr, "integration: Debian %s stack: Postfix %s, Dovecot %s\n",
+		shared.Env["DEBIAN"], shared.Env["POSTFIX_VERSION"], shared.Env["DOVECOT_VERSION"])
 	code := m.Run()
 	if err := shared.Down(); err != nil {
 		fmt.Fprintln(os.Stderr, "integration:", err)

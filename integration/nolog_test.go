@@ -92,11 +92,15 @@ func startSecondDoveauth(t *testing.T, s *stack.Stack) string {
 	ln.Close()
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "doveauth.sock")
-	text := strings.NewReplacer(
+	moves := []string{
 		s.Env["DOVEAUTH_SOCKET"], sock,
 		filepath.Join(s.Dir, "run", "socketmap.sock"), filepath.Join(dir, "socketmap.sock"),
 		s.Env["DOVEAUTH_METRICS"], fmt.Sprintf("127.0.0.1:%d", port),
-	).Replace(string(cfg))
+	}
+	if h := s.Env["DOVEAUTH_HTTP_SOCKET"]; h != "" {
+		moves = append(moves, h, filepath.Join(dir, "http.sock"))
+	}
+	text := strings.NewReplacer(moves...).Replace(string(cfg))
 	if text == string(cfg) || !strings.Contains(text, sock) {
 		t.Fatal("cannot move the second doveauth's sockets")
 	}

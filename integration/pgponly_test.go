@@ -3,7 +3,6 @@ package integration
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -185,7 +184,7 @@ func TestPGPOnlyLocalSendmail(t *testing.T) {
 	s := shared
 	bob := newUsers(t, s, 1)[0]
 	msg := "From: <root@localhost>\nTo: <" + bob + ">\nSubject: " + spam + "\n\n" + spam + "\n"
-	cmd := exec.Command("sendmail", "-C", s.Env["POSTFIX_CONFIG_DIR"], "-f", "root@localhost", bob)
+	cmd := s.Command("sendmail", "-C", s.Env["POSTFIX_CONFIG_DIR"], "-f", "root@localhost", bob)
 	cmd.Stdin = strings.NewReader(msg)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("sendmail: %v: %s", err, out)

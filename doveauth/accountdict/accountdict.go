@@ -1,16 +1,22 @@
-// Package accountdict answers Dovecot's dict lookups about accounts: passdb
+// Package accountdict answers Dovecot's questions about accounts: passdb
 // and userdb (with just-in-time account creation), the quota dict and the
 // last-login dict, all from the PostgreSQL account store.
 //
-// Dovecot's dict passdb is configured with password_key = passdb/%Ew"%Eu, so
-// the key carries the cleartext password of the login attempt. It is used
-// only to create an account at its first login; for an existing account the
-// stored hash is returned and Dovecot checks the password itself.
+// Dovecot 2.3 asks over the dict protocol (Lookup, Iterate, Commit). Its
+// dict passdb is configured with password_key = passdb/%Ew"%Eu, so the key
+// carries the cleartext password of the login attempt. It is used only to
+// create an account at its first login; for an existing account the stored
+// hash is returned and Dovecot checks the password itself.
+//
+// Dovecot 2.4 has no dict passdb: its Lua passdb and userdb ask Passdb,
+// Create, Userdb and Users (logins.go) over HTTP (doveauth/authhttp), and
+// give the password only to Create. Both versions go through the same
+// rules (account, login, create, userdb below). Its quota_clone and
+// last_login still come over the dict (Commit; DeliveryQuotaDict).
 package accountdict
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,6 +37,7 @@ import (
 // Store is what the service needs of the account store.
 type Store interface {
 	Get(ctx context.Context, address string) (*accounts.Account, error)
+	Credentials(ctx context.Context, address string) (accounts.Credentials, error)
 	Create(ctx context.Context, n accounts.New) (*accounts.Account, bool, error)
 	TouchLogin(ctx context.Context, address string, at time.Time) error
 	UpdateQuota(ctx context.Context, address string, q accounts.Quota) error
@@ -70,9 +77,24 @@ const (
 )
 
 // DeliveryQuotaDict is the dict name Dovecot's LMTP service uses for the
-// quota dict (proxy:<socket>:quota-delivery). Its message increments are
-// deliveries, which is how doveauth counts received messages without
+// quota dict (2.3: proxy:<socket>:quota-delivery; 2.4: dict_proxy_name of
+// quota_clone), which is how doveauth counts received messages without
 // learning anything else about them.
+//
+// On 2.3 the quota dict sends each delivery as an increment of
+// priv/quota/messages. On 2.4 quota_clone sends absolute values: it writes
+// the mailbox's storage and message count in one transaction when the
+// mailbox closes after a save, and LMTP opens and closes the mailbox once
+// per message and recipient, so such a transaction is one delivery
+// attempt. It counts as a delivery if it changes the stored values
+// (accounts.Quota.Delivered): a delivery refused for quota (552) writes
+// them unchanged. "The count went up" would not do: IMAP's expunges reach
+// the dict only when the client closes the mailbox or up to 10 s later, so
+// a delivery right after an expunge often lowers the count. (What this
+// misses: a delivery whose values equal the stale stored ones, an
+// unwritten expunge of one message of exactly its size; what it adds: a
+// refused delivery while an expunge is unwritten. Both need an IMAP
+// session and LMTP on one mailbox within seconds, the refusal a full one.)
 const DeliveryQuotaDict = "quota-delivery"
 
 // errUnavailable is what Dovecot sees when the store cannot answer: a
@@ -108,7 +130,7 @@ func (s *Service) Lookup(ctx context.Context, req dict.Lookup) (string, bool, er
 		value, result, err = s.passdb(ctx, key[len(passdbPrefix):])
 	case strings.HasPrefix(key, userdbPrefix):
 		kind = KindUserdb
-		value, result, err = s.userdb(ctx, key[len(userdbPrefix):])
+		value, result, err = s.userdbKey(ctx, key[len(userdbPrefix):])
 	case key == quotaStorage || key == quotaMessages:
 		kind = KindQuota
 		value, result, err = s.quota(ctx, req.User, key == quotaStorage)
@@ -116,18 +138,26 @@ func (s *Service) Lookup(ctx context.Context, req dict.Lookup) (string, bool, er
 		kind, result = KindOther, Failed
 		err = errKey
 	}
+	result, err = s.done(kind, result, err, start)
+	found = err == nil && result != NotFound
+	return value, found, err
+}
+
+// done counts a lookup of kind that began at start. An error without a
+// result is the store's: it is logged and becomes "try again later".
+func (s *Service) done(kind Kind, result Result, err error, start time.Time) (Result, error) {
 	if err != nil && result == "" {
 		result = TempFail
 		s.Log.Warn("lookup failed", "kind", kind, "err", err)
 		err = errUnavailable
 	}
-	found = err == nil && result != NotFound
 	s.Metrics.observe(kind, result, time.Since(start))
-	return value, found, err
+	return result, err
 }
 
 // passdb answers a login attempt; rest is <password>"<user>, both escaped
-// with backslashes by Dovecot's %E.
+// with backslashes by Dovecot's %E. It is Dovecot 2.3's whole passdb: the
+// account if it exists, else the account this login creates.
 func (s *Service) passdb(ctx context.Context, rest string) (string, Result, error) {
 	// An overlong password fails before anything else, for existing
 	// accounts too: "not found" keeps Dovecot from hashing it to compare.
@@ -142,36 +172,81 @@ func (s *Service) passdb(ctx context.Context, rest string) (string, Result, erro
 	if !ok {
 		return "", Failed, fmt.Errorf("malformed passdb key")
 	}
+	cred, res, err := s.login(ctx, user, password)
+	switch {
+	case err != nil:
+		return "", res, err
+	case res == NotFound:
+		return "", NotFound, nil
+	}
+	return passdbReply(cred.PasswordHash, res == Blocked), res, nil
+}
+
+// newAccount is an address that has no account and may get one: a first
+// login's, in a domain doveauth serves.
+type newAccount struct{ addr, local string }
+
+// account finds the account of a login whose password is passwordLen bytes
+// long: Found, Blocked, or NotFound. NotFound comes with the address to
+// create when a first login could create it (the creation rules are
+// create's).
+func (s *Service) account(ctx context.Context, user string, passwordLen int) (accounts.Credentials, *newAccount, Result, error) {
+	var none accounts.Credentials
+	// An overlong password fails before anything else, for existing
+	// accounts too: "not found" keeps Dovecot from hashing it to compare.
+	if passwordLen > s.Accounts.PasswordMaxLength {
+		s.Metrics.reject(RejectLong)
+		return none, nil, NotFound, nil
+	}
 	addr, local, domain, err := accounts.Normalize(user)
 	if err != nil {
 		s.Metrics.reject(RejectMalformed)
-		return "", NotFound, nil
+		return none, nil, NotFound, nil
 	}
 	if !s.Mail.Serves(domain) {
 		// Not ours: "not found" lets another passdb answer on a mixed server.
-		return "", NotFound, nil
+		return none, nil, NotFound, nil
 	}
-	acc, err := s.Store.Get(ctx, addr)
+	cred, err := s.Store.Credentials(ctx, addr)
 	switch {
+	case err == nil && cred.Blocked:
+		return cred, nil, Blocked, nil
 	case err == nil:
-		if acc.Blocked {
-			return passdbReply(acc, true), Blocked, nil
-		}
-		return passdbReply(acc, false), Found, nil
-	case !errors.Is(err, accounts.ErrNotFound):
-		return "", "", err
+		return cred, nil, Found, nil
+	case errors.Is(err, accounts.ErrNotFound):
+		return none, &newAccount{addr, local}, NotFound, nil
 	}
-	if reason := s.refuseCreation(local, password); reason != "" {
+	return none, nil, "", err
+}
+
+// login is a login with a password: the account if it exists, else the
+// one this login creates (Created), if the creation rules allow it.
+func (s *Service) login(ctx context.Context, user, password string) (accounts.Credentials, Result, error) {
+	cred, n, res, err := s.account(ctx, user, len(password))
+	if err != nil || n == nil {
+		return cred, res, err
+	}
+	return s.create(ctx, n, password)
+}
+
+// create creates the account of a first login, or says why not: NotFound
+// for a refusal (registration closed, local part, password length,
+// tombstone), RateLimited with errTryLater over the creation rate. An
+// account that a concurrent first login created comes back Found (or
+// Blocked): Dovecot checks this password against that login's hash.
+func (s *Service) create(ctx context.Context, n *newAccount, password string) (accounts.Credentials, Result, error) {
+	var none accounts.Credentials
+	if reason := s.refuseCreation(n.local, password); reason != "" {
 		s.Metrics.reject(reason)
-		s.Log.Info("account creation refused", "reason", reason, logging.User(addr))
-		return "", NotFound, nil
+		s.Log.Info("account creation refused", "reason", reason, logging.User(n.addr))
+		return none, NotFound, nil
 	}
 	// The token is taken before hashing and given back unless this call
 	// creates the account, so concurrent first logins of one address (IMAP
 	// and SMTP at once) cost one token.
 	if !s.creations.take(time.Now(), s.Accounts.CreateBurst, s.Accounts.CreatePerMinute) {
 		s.Metrics.reject(RejectRateLimited)
-		return "", RateLimited, errTryLater
+		return none, RateLimited, errTryLater
 	}
 	created := false
 	defer func() {
@@ -181,28 +256,31 @@ func (s *Service) passdb(ctx context.Context, rest string) (string, Result, erro
 	}()
 	hash, err := passhash.Hash(s.Accounts.PasswordScheme, password)
 	if err != nil {
-		return "", "", err
+		return none, "", err
 	}
-	acc, created, err = s.Store.Create(ctx, accounts.New{
-		Address: addr, PasswordHash: hash, CountMessages: s.Accounts.CountMessages,
-		Tombstone: s.TombstoneKey.Hash(addr), TombstoneLifetime: s.Accounts.TombstoneLifetime.D(),
+	acc, created, err := s.Store.Create(ctx, accounts.New{
+		Address: n.addr, PasswordHash: hash, CountMessages: s.Accounts.CountMessages,
+		Tombstone: s.TombstoneKey.Hash(n.addr), TombstoneLifetime: s.Accounts.TombstoneLifetime.D(),
 	})
-	if errors.Is(err, accounts.ErrTombstoned) {
+	switch {
+	case errors.Is(err, accounts.ErrTombstoned):
 		s.Metrics.reject(RejectTombstone)
-		s.Log.Info("account creation refused", "reason", "tombstone", logging.User(addr))
-		return "", NotFound, nil
+		s.Log.Info("account creation refused", "reason", "tombstone", logging.User(n.addr))
+		return none, NotFound, nil
+	case err != nil:
+		return none, "", err
 	}
-	if err != nil {
-		return "", "", err
-	}
-	if !created {
-		// A concurrent first login won; Dovecot checks this password
-		// against the hash that login stored.
-		return passdbReply(acc, acc.Blocked), Found, nil
+	cred := accounts.Credentials{PasswordHash: acc.PasswordHash, Blocked: acc.Blocked}
+	switch {
+	case !created && acc.Blocked:
+		return cred, Blocked, nil
+	case !created:
+		// A concurrent first login won.
+		return cred, Found, nil
 	}
 	s.Metrics.created.Inc()
-	s.Log.Info("account created", logging.User(addr))
-	return passdbReply(acc, false), Created, nil
+	s.Log.Info("account created", logging.User(n.addr))
+	return cred, Created, nil
 }
 
 // refuseCreation returns why an account may not be created, or "".
@@ -226,42 +304,60 @@ func (s *Service) refuseCreation(local, password string) Rejection {
 	return ""
 }
 
-func passdbReply(acc *accounts.Account, blocked bool) string {
-	r := map[string]string{"password": acc.PasswordHash}
+// passdbReply is the JSON object of a passdb answer, built by hand: it is
+// on the path of every login.
+func passdbReply(hash string, blocked bool) string {
+	b := make([]byte, 0, len(hash)+64)
+	b = append(b, `{"password":`...)
+	b = appendJSONString(b, hash)
 	if blocked {
 		// "fail" rather than "nologin": Postfix's SASL client ignores
 		// nologin, fail refuses every kind of login.
-		r["fail"] = "y"
-		r["reason"] = "This account is blocked."
+		b = append(b, `,"fail":"y","reason":"This account is blocked."`...)
 	}
-	return mustJSON(r)
+	return string(append(b, '}'))
 }
 
-func (s *Service) userdb(ctx context.Context, user string) (string, Result, error) {
+// userdbKey answers the userdb dict key of user, escaped by Dovecot's %E.
+func (s *Service) userdbKey(ctx context.Context, user string) (string, Result, error) {
 	user, err := unescapePercentE(user)
 	if err != nil {
 		return "", Failed, err
 	}
+	u, res, err := s.userdb(ctx, user)
+	if err != nil || res != Found {
+		return "", res, err
+	}
+	b := make([]byte, 0, len(u.Home)+len(u.UID)+len(u.GID)+32)
+	b = appendJSONString(append(b, `{"home":`...), u.Home)
+	b = appendJSONString(append(b, `,"uid":`...), u.UID)
+	b = appendJSONString(append(b, `,"gid":`...), u.GID)
+	return string(append(b, '}')), Found, nil
+}
+
+// User is a userdb answer: where the account's mail lives and as whom
+// Dovecot works on it.
+type User struct {
+	Home, UID, GID string
+}
+
+func (s *Service) userdb(ctx context.Context, user string) (User, Result, error) {
 	addr, _, domain, err := accounts.Normalize(user)
 	if err != nil || !s.Mail.Serves(domain) {
-		return "", NotFound, nil
+		return User{}, NotFound, nil
 	}
 	now := time.Now()
 	if !s.userdbCache.has(addr, now) {
 		gen := s.userdbCache.generation()
-		if _, err := s.Store.Get(ctx, addr); err != nil {
+		if _, err := s.Store.Credentials(ctx, addr); err != nil {
 			if errors.Is(err, accounts.ErrNotFound) {
-				return "", NotFound, nil
+				return User{}, NotFound, nil
 			}
-			return "", "", err
+			return User{}, "", err
 		}
 		s.userdbCache.add(addr, gen, now)
 	}
-	return mustJSON(map[string]string{
-		"home": filepath.Join(s.Accounts.MailboxesDir, addr),
-		"uid":  s.Accounts.MailUser,
-		"gid":  s.Accounts.MailGroup,
-	}), Found, nil
+	return User{Home: filepath.Join(s.Accounts.MailboxesDir, addr), UID: s.Accounts.MailUser, GID: s.Accounts.MailGroup}, Found, nil
 }
 
 func (s *Service) quota(ctx context.Context, user string, storage bool) (string, Result, error) {
@@ -301,7 +397,7 @@ func (s *Service) SenderAccess(ctx context.Context, name, key string) (socketmap
 		s.Metrics.observe(KindSenderAccess, NotFound, time.Since(start))
 		return socketmap.Result{}, nil
 	}
-	acc, err := s.Store.Get(ctx, addr)
+	cred, err := s.Store.Credentials(ctx, addr)
 	switch {
 	case errors.Is(err, accounts.ErrNotFound):
 		s.Metrics.observe(KindSenderAccess, NotFound, time.Since(start))
@@ -310,7 +406,7 @@ func (s *Service) SenderAccess(ctx context.Context, name, key string) (socketmap
 		s.Log.Warn("sender access lookup failed", "err", err)
 		s.Metrics.observe(KindSenderAccess, TempFail, time.Since(start))
 		return socketmap.Result{}, errUnavailable
-	case acc.Blocked:
+	case cred.Blocked:
 		s.Metrics.observe(KindSenderAccess, Blocked, time.Since(start))
 		return socketmap.Result{Found: true, Value: "REJECT This account is blocked."}, nil
 	}
@@ -335,9 +431,11 @@ func (s *Service) Commit(ctx context.Context, tx *dict.Tx) error {
 	var (
 		q        accounts.Quota
 		hasQuota bool
+		cloned   bool
 		login    time.Time
 		loginFor string
 	)
+	delivery := tx.Hello != nil && tx.Hello.DictName == DeliveryQuotaDict
 	for _, op := range tx.Ops {
 		c, err := counterOf(op)
 		switch {
@@ -347,8 +445,15 @@ func (s *Service) Commit(ctx context.Context, tx *dict.Tx) error {
 		case op.Key == quotaMessages && err == nil:
 			q.Messages.Apply(c)
 			hasQuota = true
-			if op.Kind == dict.OpAtomicInc && op.Diff > 0 && tx.Hello != nil && tx.Hello.DictName == DeliveryQuotaDict {
+			switch {
+			case !delivery:
+			case op.Kind == dict.OpAtomicInc && op.Diff > 0:
+				// 2.3's quota dict: the delivered messages.
 				q.Received += op.Diff
+			case op.Kind == dict.OpSet && tx.Hello.Major >= 4:
+				// 2.4's quota_clone: a delivery attempt
+				// (DeliveryQuotaDict). On 2.3 a set is a recount.
+				cloned = true
 			}
 		case strings.HasPrefix(op.Key, lastLoginPrefix) && op.Kind == dict.OpSet:
 			secs, err := strconv.ParseInt(op.Value, 10, 64)
@@ -365,6 +470,7 @@ func (s *Service) Commit(ctx context.Context, tx *dict.Tx) error {
 			return errChange
 		}
 	}
+	q.Delivered = cloned
 	var err error
 	if hasQuota {
 		if addr, _, _, nerr := accounts.Normalize(tx.User); nerr == nil {
@@ -407,12 +513,22 @@ func resultOf(err error) Result {
 	return OK
 }
 
-func mustJSON(v map[string]string) string {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(err) // a map of strings always marshals
+// appendJSONString appends v as a JSON string. Hashes, homes and mail
+// users are printable ASCII; the rest is escaped as JSON requires.
+func appendJSONString(b []byte, v string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		default:
+			b = append(b, c)
+		}
 	}
-	return string(b)
+	return append(b, '"')
 }
 
 // splitPassdbKey splits <password>"<user> at the first unescaped quote and

@@ -48,6 +48,14 @@ func (m *memStore) Get(ctx context.Context, addr string) (*accounts.Account, err
 	return &c, nil
 }
 
+func (m *memStore) Credentials(ctx context.Context, addr string) (accounts.Credentials, error) {
+	a, err := m.Get(ctx, addr)
+	if err != nil {
+		return accounts.Credentials{}, err
+	}
+	return accounts.Credentials{PasswordHash: a.PasswordHash, Blocked: a.Blocked}, nil
+}
+
 func (m *memStore) Create(ctx context.Context, n accounts.New) (*accounts.Account, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -64,6 +72,10 @@ func (m *memStore) Create(ctx context.Context, n accounts.New) (*accounts.Accoun
 		return a, false, nil
 	}
 	a := &accounts.Account{Address: n.Address, PasswordHash: n.PasswordHash}
+	if n.CountMessages {
+		zero := int64(0)
+		a.SentMessages, a.ReceivedMessages = &zero, &zero
+	}
 	m.accs[n.Address] = a
 	return a, true, nil
 }
@@ -88,18 +100,36 @@ func (m *memStore) UpdateQuota(ctx context.Context, addr string, q accounts.Quot
 	if !ok {
 		return nil
 	}
-	if q.Storage.Set != nil {
-		v := *q.Storage.Set + q.Storage.Add
-		a.StorageBytes = &v
-	}
-	if q.Received != 0 {
-		r := q.Received
-		if a.ReceivedMessages != nil {
-			r += *a.ReceivedMessages
+	// As accounts.Store.UpdateQuota's SQL: adding to NULL stays NULL.
+	apply := func(c accounts.Counter, v **int64) {
+		switch {
+		case c.Unset:
+			*v = nil
+		case c.Set != nil:
+			n := *c.Set + c.Add
+			*v = &n
+		case *v != nil:
+			n := **v + c.Add
+			*v = &n
 		}
+	}
+	oldS, oldM := a.StorageBytes, a.MessageCount
+	apply(q.Storage, &a.StorageBytes)
+	apply(q.Messages, &a.MessageCount)
+	received := q.Received
+	if q.Delivered && (!sameCount(oldS, a.StorageBytes) || !sameCount(oldM, a.MessageCount)) {
+		received++
+	}
+	if received != 0 && a.ReceivedMessages != nil {
+		r := received + *a.ReceivedMessages
 		a.ReceivedMessages = &r
 	}
 	return nil
+}
+
+// sameCount is SQL's NOT (a IS DISTINCT FROM b).
+func sameCount(a, b *int64) bool {
+	return (a == nil) == (b == nil) && (a == nil || *a == *b)
 }
 
 func (m *memStore) Each(ctx context.Context, fn func(*accounts.Account) error) error {
@@ -336,5 +366,26 @@ func TestCreationProbesNoMailDirectory(t *testing.T) {
 	}
 	if _, ok := st.accs["zyxwvutsr@chat.test"]; ok || len(st.accs) != 1 {
 		t.Errorf("accounts %v", st.accs)
+	}
+}
+
+// The hand-built JSON answers decode to what was put in, whatever the
+// bytes (hashes and homes are printable ASCII, but nothing relies on it).
+func TestJSONReplies(t *testing.T) {
+	for _, v := range []string{"{SHA512-CRYPT}$6$salt$abc./", `q"b\s`, "ctl\x00\x01\n\t\x1f\x7f", "ütf-8 ✓", ""} {
+		for _, blocked := range []bool{false, true} {
+			var m map[string]string
+			if err := json.Unmarshal([]byte(passdbReply(v, blocked)), &m); err != nil || m["password"] != v || (m["fail"] == "y") != blocked {
+				t.Errorf("passdbReply(%q, %v) = %q: %v %v", v, blocked, passdbReply(v, blocked), m, err)
+			}
+		}
+	}
+	s, st, _ := newService(t)
+	st.accs["abcdefghi@chat.test"] = &accounts.Account{Address: "abcdefghi@chat.test"}
+	s.Accounts.MailUser, s.Accounts.MailGroup = `v"mail`, "vm\\ail"
+	v, _, err := s.userdbKey(context.Background(), "abcdefghi@chat.test")
+	var m map[string]string
+	if jerr := json.Unmarshal([]byte(v), &m); err != nil || jerr != nil || m["home"] != s.Accounts.MailboxesDir+"/abcdefghi@chat.test" || m["uid"] != `v"mail` || m["gid"] != "vm\\ail" || len(m) != 3 {
+		t.Errorf("userdb answer %q: %v %v %v", v, m, err, jerr)
 	}
 }

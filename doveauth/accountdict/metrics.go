@@ -15,6 +15,14 @@ type Metrics struct {
 	created    prometheus.Counter
 	rejections *prometheus.CounterVec
 	commits    *prometheus.CounterVec
+	// byKind holds the lookup metrics' children, resolved once: observe
+	// runs on every lookup. Read-only after NewMetrics.
+	byKind map[Kind]kindMetrics
+}
+
+type kindMetrics struct {
+	latency prometheus.Observer
+	results map[Result]prometheus.Counter
 }
 
 // Kind is what a lookup asked for, Result how it was answered, Rejection
@@ -27,6 +35,7 @@ type (
 
 const (
 	KindPassdb       Kind = "passdb"
+	KindCreate       Kind = "create"
 	KindUserdb       Kind = "userdb"
 	KindQuota        Kind = "quota"
 	KindIterate      Kind = "iterate"
@@ -52,7 +61,7 @@ const (
 )
 
 var (
-	lookupKinds   = []Kind{KindPassdb, KindUserdb, KindQuota, KindIterate, KindSenderAccess, KindOther}
+	lookupKinds   = []Kind{KindPassdb, KindCreate, KindUserdb, KindQuota, KindIterate, KindSenderAccess, KindOther}
 	lookupResults = []Result{Found, NotFound, Created, Blocked, TempFail, RateLimited, Failed, OK}
 	rejectReasons = []Rejection{RejectClosed, RejectLocalpart, RejectShort, RejectLong, RejectMalformed, RejectRateLimited, RejectTombstone}
 )
@@ -82,11 +91,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Quota and last-login transactions, by result.",
 		}, []string{"result"}),
 	}
+	m.byKind = make(map[Kind]kindMetrics, len(lookupKinds))
 	for _, k := range lookupKinds {
-		m.latency.WithLabelValues(string(k))
+		km := kindMetrics{latency: m.latency.WithLabelValues(string(k)), results: make(map[Result]prometheus.Counter, len(lookupResults))}
 		for _, r := range lookupResults {
-			m.lookups.WithLabelValues(string(k), string(r))
+			km.results[r] = m.lookups.WithLabelValues(string(k), string(r))
 		}
+		m.byKind[k] = km
 	}
 	for _, r := range rejectReasons {
 		m.rejections.WithLabelValues(string(r))
@@ -98,9 +109,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 }
 
 func (m *Metrics) observe(kind Kind, result Result, d time.Duration) {
-	m.lookups.WithLabelValues(string(kind), string(result)).Inc()
+	km, ok := m.byKind[kind]
+	c := km.results[result]
+	if !ok || c == nil {
+		// Not in the closed sets: a bug, counted all the same.
+		m.lookups.WithLabelValues(string(kind), string(result)).Inc()
+		return
+	}
+	c.Inc()
 	if d > 0 {
-		m.latency.WithLabelValues(string(kind)).Observe(d.Seconds())
+		km.latency.Observe(d.Seconds())
 	}
 }
 

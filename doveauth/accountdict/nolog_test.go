@@ -49,6 +49,10 @@ func (p panicStore) Get(ctx context.Context, addr string) (*accounts.Account, er
 	panic(fmt.Sprintf("bug: row for %s (client %s)", addr, nlPanicIP))
 }
 
+func (p panicStore) Credentials(ctx context.Context, addr string) (accounts.Credentials, error) {
+	panic(fmt.Sprintf("bug: credentials of %s (client %s)", addr, nlPanicIP))
+}
+
 type panics struct{ n atomic.Int64 }
 
 func (p *panics) Inc() { p.n.Add(1) }

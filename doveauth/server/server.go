@@ -1,15 +1,19 @@
-// Package server runs doveauth: the dict socket, the account store and the
-// background work around them.
+// Package server runs doveauth: the dict socket, the socketmap socket, the
+// HTTP socket of Dovecot 2.4's Lua passdb and userdb, the account store and
+// the background work around them.
 package server
 
 import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
 	"chatmail.dev/doveauth/accountdict"
+	"chatmail.dev/doveauth/authhttp"
 	"chatmail.dev/sidecar/accounts"
 	"chatmail.dev/sidecar/config"
 	"chatmail.dev/sidecar/daemon"
@@ -30,7 +34,14 @@ type Config struct {
 	Socketmap      string          `toml:"socketmap"`
 	SocketmapMode  config.FileMode `toml:"socketmap_mode"`
 	SocketmapGroup string          `toml:"socketmap_group"`
-	Metrics        string          `toml:"metrics"`
+	// HTTPSocket, if set, serves Dovecot 2.4's Lua passdb and userdb
+	// (deploy/dovecot24/chatmail-auth.lua) over HTTP on this unix socket
+	// (doveauth/authhttp). Never a TCP port: it hands out password hashes
+	// and creates accounts.
+	HTTPSocket      string          `toml:"http_socket"`
+	HTTPSocketMode  config.FileMode `toml:"http_socket_mode"`
+	HTTPSocketGroup string          `toml:"http_socket_group"`
+	Metrics         string          `toml:"metrics"`
 }
 
 // DefaultConfig returns the defaults of the [doveauth] section.
@@ -38,7 +49,8 @@ func DefaultConfig() Config {
 	return Config{
 		Socket: "/run/doveauth/doveauth.socket", SocketMode: 0o660,
 		Socketmap: "/var/spool/postfix/doveauth/socketmap.socket", SocketmapMode: 0o660,
-		Metrics: "127.0.0.1:9721",
+		HTTPSocketMode: 0o660,
+		Metrics:        "127.0.0.1:9721",
 	}
 }
 
@@ -46,6 +58,9 @@ func DefaultConfig() Config {
 func (c *Config) Validate() error {
 	if c.Socket == "" {
 		return &config.Error{Key: "socket", Msg: "must be set"}
+	}
+	if c.HTTPSocket != "" && !filepath.IsAbs(c.HTTPSocket) {
+		return &config.Error{Key: "http_socket", Msg: "must be the absolute path of a unix socket (never a TCP port: it hands out password hashes)"}
 	}
 	return config.CheckLoopback("metrics", c.Metrics)
 }
@@ -59,8 +74,8 @@ func (c *Config) MetricsAddr() string { return c.Metrics }
 // above it.
 const DrainTimeout = 10 * time.Second
 
-// Run serves the dict socket and, if configured, the socketmap socket
-// until ctx ends, then drains.
+// Run serves the dict socket and, if configured, the socketmap and HTTP
+// sockets until ctx ends, then drains.
 func Run(ctx context.Context, env *daemon.Env, cfg *Config) error {
 	if err := env.Config.RequirePostgres(); err != nil {
 		return err
@@ -96,7 +111,19 @@ func Run(ctx context.Context, env *daemon.Env, cfg *Config) error {
 		purgeTombstones(ctx, store, env.Config.Accounts.TombstoneLifetime.D(), env.Log)
 	}()
 
-	ln, err := unixsock.Listen(cfg.Socket, uint32(cfg.SocketMode), cfg.SocketGroup)
+	var lns []net.Listener
+	listen := func(path string, mode config.FileMode, group string) (net.Listener, error) {
+		ln, err := unixsock.Listen(path, uint32(mode), group)
+		if err != nil {
+			for _, l := range lns {
+				_ = l.Close() // the bind error is the one to report
+			}
+			return nil, err
+		}
+		lns = append(lns, ln)
+		return ln, nil
+	}
+	ln, err := listen(cfg.Socket, cfg.SocketMode, cfg.SocketGroup)
 	if err != nil {
 		return err
 	}
@@ -105,16 +132,24 @@ func Run(ctx context.Context, env *daemon.Env, cfg *Config) error {
 		Handler: gate, Log: env.Log, Panics: env.Panics, IdleTimeout: time.Minute, RequestTimeout: timeout,
 	}, ln)}
 	if cfg.Socketmap != "" {
-		mln, err := unixsock.Listen(cfg.Socketmap, uint32(cfg.SocketmapMode), cfg.SocketmapGroup)
+		mln, err := listen(cfg.Socketmap, cfg.SocketmapMode, cfg.SocketmapGroup)
 		if err != nil {
-			_ = ln.Close() // the bind error is the one to report
 			return err
 		}
 		servers = append(servers, daemon.On(&socketmap.Server{
 			Handler: gate.senderAccess(svc), Log: env.Log, Panics: env.Panics, IdleTimeout: time.Minute, RequestTimeout: timeout,
 		}, mln))
 	}
-	env.Log.Info("serving", "socket", cfg.Socket, "socketmap", cfg.Socketmap)
+	if cfg.HTTPSocket != "" {
+		hln, err := listen(cfg.HTTPSocket, cfg.HTTPSocketMode, cfg.HTTPSocketGroup)
+		if err != nil {
+			return err
+		}
+		servers = append(servers, daemon.On(&authhttp.Server{
+			Accounts: svc, Ready: gate.ready.Load, Log: env.Log, Panics: env.Panics, IdleTimeout: time.Minute, RequestTimeout: timeout,
+		}, hln))
+	}
+	env.Log.Info("serving", "socket", cfg.Socket, "socketmap", cfg.Socketmap, "http_socket", cfg.HTTPSocket)
 	return env.Serve(ctx, servers...)
 }
 

@@ -3,6 +3,10 @@
 //
 // A missing server is a test failure, never a skip: scripts/stack installs
 // what is missing when it runs as root, and fails loudly otherwise.
+//
+// STACK_DEBIAN chooses the Postfix and Dovecot every stack runs: 12 (or
+// unset) the host's, 13 those of a Debian 13 tree (scripts/stack up
+// --debian 13; DEBIAN13_TREE names the tree's directory).
 package stack
 
 import (
@@ -38,6 +42,15 @@ func Domain(d string) Option { return func(a *[]string) { *a = append(*a, "--dom
 // Registration sets the registration mode, "open" or "closed".
 func Registration(mode string) Option {
 	return func(a *[]string) { *a = append(*a, "--registration", mode) }
+}
+
+// Debian returns the Debian release whose Postfix and Dovecot the stacks
+// run: STACK_DEBIAN, by default 12.
+func Debian() string {
+	if d := os.Getenv("STACK_DEBIAN"); d != "" {
+		return d
+	}
+	return "12"
 }
 
 // Repo returns the repository root.
@@ -82,7 +95,7 @@ func Up(opts ...Option) (*Stack, error) {
 	if err != nil {
 		return nil, err
 	}
-	args := []string{"up", dir}
+	args := []string{"up", dir, "--debian", Debian()}
 	for _, o := range opts {
 		o(&args)
 	}
@@ -172,6 +185,19 @@ func (s *Stack) Run(t testing.TB, sub string, args ...string) {
 	if err != nil {
 		t.Fatalf("scripts/stack %s: %v\n%s", sub, err, out)
 	}
+}
+
+// Command returns a command that runs a Postfix or Dovecot program of this
+// stack: "sendmail", "postqueue", "postconf", "postsuper", "postfix",
+// "doveadm" or "doveconf" (stack.env's SENDMAIL and so on: on Debian 13
+// the tree's, entered by a wrapper). Pass the stack's configuration
+// (POSTFIX_CONFIG_DIR, DOVECOT_CONFIG) with -c or -C, as on the host.
+func (s *Stack) Command(tool string, args ...string) *exec.Cmd {
+	path := s.Env[strings.ToUpper(tool)]
+	if path == "" {
+		panic("stack: no " + tool + " in stack.env")
+	}
+	return exec.Command(path, args...)
 }
 
 // Admin runs the admin CLI against this stack and returns its output.

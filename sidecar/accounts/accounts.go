@@ -101,6 +101,24 @@ func (s *Store) Get(ctx context.Context, address string) (*Account, error) {
 	return scan(s.pool.QueryRow(ctx, `SELECT `+columns+` FROM accounts WHERE address = $1`, address))
 }
 
+// Credentials is what a login needs of an account.
+type Credentials struct {
+	PasswordHash string
+	Blocked      bool
+}
+
+// Credentials returns what a login needs of the account of a normalized
+// address: the hot path of every login and lookup, so it reads two
+// columns rather than the row.
+func (s *Store) Credentials(ctx context.Context, address string) (Credentials, error) {
+	var c Credentials
+	err := s.pool.QueryRow(ctx, `SELECT password_hash, blocked FROM accounts WHERE address = $1`, address).Scan(&c.PasswordHash, &c.Blocked)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Credentials{}, ErrNotFound
+	}
+	return c, err
+}
+
 // New is what creating an account needs.
 type New struct {
 	Address           string
@@ -204,6 +222,11 @@ func (c *Counter) Apply(o Counter) {
 type Quota struct {
 	Storage, Messages Counter
 	Received          int64
+	// Delivered marks a delivery that reports the counters' new values
+	// rather than increments (Dovecot 2.4's quota_clone): it counts as one
+	// received message if it changes them, as storing a message does. A
+	// delivery refused for quota reports them unchanged.
+	Delivered bool
 }
 
 // UpdateQuota applies q atomically. Adding to a counter that was never set
@@ -221,11 +244,19 @@ func (s *Store) UpdateQuota(ctx context.Context, address string, q Quota) error 
 	}
 	sm, sv, sa := mode(q.Storage)
 	mm, mv, ma := mode(q.Messages)
+	// Every expression sees the row as it was: the comparison is with the
+	// old values.
+	const (
+		storage  = `CASE $2::int WHEN 1 THEN $3::bigint WHEN 2 THEN NULL ELSE storage_bytes END + $4::bigint`
+		messages = `CASE $5::int WHEN 1 THEN $6::bigint WHEN 2 THEN NULL ELSE message_count END + $7::bigint`
+	)
 	_, err := s.pool.Exec(ctx, `UPDATE accounts SET
-		storage_bytes = CASE $2::int WHEN 1 THEN $3::bigint WHEN 2 THEN NULL ELSE storage_bytes END + $4::bigint,
-		message_count = CASE $5::int WHEN 1 THEN $6::bigint WHEN 2 THEN NULL ELSE message_count END + $7::bigint,
-		received_messages = received_messages + $8::bigint
-		WHERE address = $1`, address, sm, sv, sa, mm, mv, ma, q.Received)
+		storage_bytes = `+storage+`,
+		message_count = `+messages+`,
+		received_messages = received_messages + $8::bigint + CASE WHEN $9::bool
+			AND (storage_bytes IS DISTINCT FROM `+storage+` OR message_count IS DISTINCT FROM `+messages+`)
+			THEN 1 ELSE 0 END
+		WHERE address = $1`, address, sm, sv, sa, mm, mv, ma, q.Received, q.Delivered)
 	return err
 }
 

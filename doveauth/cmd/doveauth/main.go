@@ -1,6 +1,7 @@
 // Command doveauth serves Dovecot's passdb, userdb, quota and last-login
 // dicts from the PostgreSQL account store, creating accounts at first login,
-// and Postfix's socketmap lookup of blocked senders.
+// Dovecot 2.4's Lua passdb and userdb over HTTP on a unix socket, and
+// Postfix's socketmap lookup of blocked senders.
 package main
 
 import (
