@@ -9,6 +9,10 @@
 --   DOVEAUTH_HTTP_SOCKET  doveauth's HTTP socket ([doveauth] http_socket),
 --                         e.g. /run/doveauth/http.socket
 --
+-- Dovecot runs this in auth-worker, which is root in 2.4.1: the socket is
+-- 0600 and doveauth's (http_socket_mode), so no imap or lmtp process,
+-- though in group dovecot, reaches it.
+--
 -- doveauth keeps every rule of account creation (registration, local part
 -- and password rules, the creation rate, tombstones), the same for Dovecot
 -- 2.3 and 2.4. For an existing account it hands out the stored hash and

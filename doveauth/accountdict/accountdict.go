@@ -12,7 +12,8 @@
 // Create, Userdb and Users (logins.go) over HTTP (doveauth/authhttp), and
 // give the password only to Create. Both versions go through the same
 // rules (account, login, create, userdb below). Its quota_clone and
-// last_login still come over the dict (Commit; DeliveryQuotaDict).
+// last_login still come over the dict (Commit; DeliveryQuotaDict), which
+// then answers nothing else (NoDictAuth).
 package accountdict
 
 import (
@@ -42,6 +43,7 @@ type Store interface {
 	TouchLogin(ctx context.Context, address string, at time.Time) error
 	UpdateQuota(ctx context.Context, address string, q accounts.Quota) error
 	Each(ctx context.Context, fn func(*accounts.Account) error) error
+	HasTombstone(ctx context.Context, tombstone []byte) (bool, error)
 }
 
 // Service implements dict.Handler.
@@ -54,6 +56,14 @@ type Service struct {
 	// TombstoneKey keys the tombstones of deleted accounts, which block
 	// creating their addresses anew.
 	TombstoneKey accounts.TombstoneKey
+	// NoDictAuth refuses passdb and userdb lookups and iteration over the
+	// dict ([doveauth] dict_auth = false), answering as for any key
+	// doveauth does not serve; quota and last-login stay. On Dovecot 2.4
+	// the Lua passdb asks over HTTP instead, and the dict socket is
+	// reachable by every mail process (quota_clone and last_login use
+	// it): without this a compromised IMAP session could read every
+	// account's hash and list them all.
+	NoDictAuth bool
 
 	userdbCache existsCache
 	creations   bucket
@@ -125,6 +135,9 @@ func (s *Service) Lookup(ctx context.Context, req dict.Lookup) (string, bool, er
 		err    error
 	)
 	switch key := req.Key; {
+	case s.NoDictAuth && (strings.HasPrefix(key, passdbPrefix) || strings.HasPrefix(key, userdbPrefix)):
+		kind, result = KindOther, Failed
+		err = errKey
 	case strings.HasPrefix(key, passdbPrefix):
 		kind = KindPassdb
 		value, result, err = s.passdb(ctx, key[len(passdbPrefix):])
@@ -241,6 +254,19 @@ func (s *Service) create(ctx context.Context, n *newAccount, password string) (a
 		s.Log.Info("account creation refused", "reason", reason, logging.User(n.addr))
 		return none, NotFound, nil
 	}
+	tomb := s.TombstoneKey.Hash(n.addr)
+	// A deleted account's address is refused before it costs a token and a
+	// hash: otherwise each login attempt on it would hash a password. This
+	// read is the cheap path; Store.Create checks again, authoritatively,
+	// in the transaction that creates (a deletion may commit in between).
+	// It sees a tombstone at any age, so one past tombstone_lifetime still
+	// refuses until doveauth's hourly purge removes it.
+	switch dead, err := s.Store.HasTombstone(ctx, tomb); {
+	case err != nil:
+		return none, "", err
+	case dead:
+		return s.tombstoned(n)
+	}
 	// The token is taken before hashing and given back unless this call
 	// creates the account, so concurrent first logins of one address (IMAP
 	// and SMTP at once) cost one token.
@@ -260,13 +286,11 @@ func (s *Service) create(ctx context.Context, n *newAccount, password string) (a
 	}
 	acc, created, err := s.Store.Create(ctx, accounts.New{
 		Address: n.addr, PasswordHash: hash, CountMessages: s.Accounts.CountMessages,
-		Tombstone: s.TombstoneKey.Hash(n.addr), TombstoneLifetime: s.Accounts.TombstoneLifetime.D(),
+		Tombstone: tomb, TombstoneLifetime: s.Accounts.TombstoneLifetime.D(),
 	})
 	switch {
 	case errors.Is(err, accounts.ErrTombstoned):
-		s.Metrics.reject(RejectTombstone)
-		s.Log.Info("account creation refused", "reason", "tombstone", logging.User(n.addr))
-		return none, NotFound, nil
+		return s.tombstoned(n)
 	case err != nil:
 		return none, "", err
 	}
@@ -281,6 +305,13 @@ func (s *Service) create(ctx context.Context, n *newAccount, password string) (a
 	s.Metrics.created.Inc()
 	s.Log.Info("account created", logging.User(n.addr))
 	return cred, Created, nil
+}
+
+// tombstoned refuses the creation of a deleted account's address.
+func (s *Service) tombstoned(n *newAccount) (accounts.Credentials, Result, error) {
+	s.Metrics.reject(RejectTombstone)
+	s.Log.Info("account creation refused", "reason", "tombstone", logging.User(n.addr))
+	return accounts.Credentials{}, NotFound, nil
 }
 
 // refuseCreation returns why an account may not be created, or "".
@@ -299,8 +330,9 @@ func (s *Service) refuseCreation(local, password string) Rejection {
 		return RejectLong
 	}
 	// Mail of a deleted account is never inherited: its tombstone, written
-	// with the row's deletion, refuses the address in Store.Create while
-	// the mail is pending removal, whatever tombstone_lifetime says.
+	// with the row's deletion, refuses the address (create, and again in
+	// Store.Create) while the mail is pending removal, whatever
+	// tombstone_lifetime says.
 	return ""
 }
 
@@ -416,7 +448,7 @@ func (s *Service) SenderAccess(ctx context.Context, name, key string) (socketmap
 
 // Iterate implements dict.Handler; it lists accounts for doveadm -A.
 func (s *Service) Iterate(ctx context.Context, req dict.Iterate, emit func(key, value string) error) error {
-	if req.Path != userdbPrefix {
+	if req.Path != userdbPrefix || s.NoDictAuth {
 		return errIterate
 	}
 	err := s.Store.Each(ctx, func(a *accounts.Account) error {

@@ -29,6 +29,10 @@ type memStore struct {
 	tombs map[string]bool // by string(tombstone)
 	down  bool
 	gets  int
+	// creates counts Create calls; lateTombs hides tombs from HasTombstone,
+	// as if the deletion committed between that read and Create.
+	creates   int
+	lateTombs bool
 }
 
 var errDown = errors.New("connection refused")
@@ -62,6 +66,7 @@ func (m *memStore) Create(ctx context.Context, n accounts.New) (*accounts.Accoun
 	if m.down {
 		return nil, false, errDown
 	}
+	m.creates++
 	if len(n.Tombstone) != 32 {
 		return nil, false, errors.New("no tombstone hash")
 	}
@@ -139,6 +144,15 @@ func (m *memStore) Each(ctx context.Context, fn func(*accounts.Account) error) e
 		}
 	}
 	return nil
+}
+
+func (m *memStore) HasTombstone(ctx context.Context, tombstone []byte) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.down {
+		return false, errDown
+	}
+	return m.tombs[string(tombstone)] && !m.lateTombs, nil
 }
 
 func newService(t *testing.T) (*Service, *memStore, *prometheus.Registry) {

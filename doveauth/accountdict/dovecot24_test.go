@@ -226,3 +226,56 @@ func TestSamePolicyBothVersions(t *testing.T) {
 		})
 	}
 }
+
+// TestDictAuth: with dict_auth = false (Dovecot 2.4, whose mail processes
+// all reach the dict socket) the dict answers passdb, userdb and iterate
+// as keys it does not serve, and creates nothing; quota and last-login
+// work as before. With true (2.3's default) it serves them all.
+func TestDictAuth(t *testing.T) {
+	ctx := context.Background()
+	for _, auth := range []bool{true, false} {
+		s, st, _ := newService(t)
+		s.NoDictAuth = !auth
+		st.accs["abcdefghi@chat.test"] = &accounts.Account{Address: "abcdefghi@chat.test", PasswordHash: "{SHA512-CRYPT}$6$x$y"}
+		v, found, err := s.Lookup(ctx, dict.Lookup{Key: passdbKey("password123", "abcdefghi@chat.test"), User: "abcdefghi@chat.test"})
+		if found != auth || (err == nil) != auth || strings.Contains(v, "SHA512") != auth {
+			t.Errorf("dict_auth %v: passdb of an account: %q %v %v", auth, v, found, err)
+		}
+		// A first login through the dict creates the account only with auth.
+		_, found, err = s.Lookup(ctx, dict.Lookup{Key: passdbKey("password123", "zyxwvutsr@chat.test"), User: "zyxwvutsr@chat.test"})
+		if found != auth || (err == nil) != auth || (st.accs["zyxwvutsr@chat.test"] != nil) != auth {
+			t.Errorf("dict_auth %v: first login: %v %v, created %v", auth, found, err, st.accs["zyxwvutsr@chat.test"] != nil)
+		}
+		v, found, err = s.Lookup(ctx, dict.Lookup{Key: "shared/userdb/abcdefghi@chat.test", User: "abcdefghi@chat.test"})
+		if found != auth || (err == nil) != auth || strings.Contains(v, "home") != auth {
+			t.Errorf("dict_auth %v: userdb: %q %v %v", auth, v, found, err)
+		}
+		// Refused as any other key doveauth does not serve.
+		_, _, other := s.Lookup(ctx, dict.Lookup{Key: "shared/other/x"})
+		if !auth && (err == nil || err.Error() != other.Error()) {
+			t.Errorf("dict_auth false: userdb %v, an unknown key %v", err, other)
+		}
+		var listed []string
+		err = s.Iterate(ctx, dict.Iterate{Path: userdbPrefix}, func(k, _ string) error {
+			listed = append(listed, k)
+			return nil
+		})
+		if (err == nil) != auth || (len(listed) > 0) != auth {
+			t.Errorf("dict_auth %v: iterate: %v %q", auth, err, listed)
+		}
+		// Quota and last login keep working either way.
+		if err := s.Commit(ctx, &dict.Tx{User: "abcdefghi@chat.test", Ops: []dict.Op{{Kind: dict.OpSet, Key: quotaStorage, Value: "2000"}}}); err != nil {
+			t.Errorf("dict_auth %v: quota commit: %v", auth, err)
+		}
+		if v, found, err := s.Lookup(ctx, dict.Lookup{Key: quotaStorage, User: "abcdefghi@chat.test"}); v != "2000" || !found || err != nil {
+			t.Errorf("dict_auth %v: quota lookup: %q %v %v", auth, v, found, err)
+		}
+		if err := s.Commit(ctx, &dict.Tx{Ops: []dict.Op{{Kind: dict.OpSet, Key: "shared/last-login/abcdefghi@chat.test", Value: "1700000000"}}}); err != nil || st.accs["abcdefghi@chat.test"].LastLogin == nil {
+			t.Errorf("dict_auth %v: last login: %v", auth, err)
+		}
+		// The HTTP side (2.4's Lua) is untouched by the setting.
+		if _, res, err := s.Passdb(ctx, "abcdefghi@chat.test", 11); res != Found || err != nil {
+			t.Errorf("dict_auth %v: HTTP passdb: %s %v", auth, res, err)
+		}
+	}
+}

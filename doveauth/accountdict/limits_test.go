@@ -1,6 +1,7 @@
 package accountdict
 
 import (
+	"context"
 	"strings"
 	"sync"
 	"testing"
@@ -170,5 +171,57 @@ func TestTombstoneRefusesCreation(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(s.Metrics.rejections.WithLabelValues("tombstone")); n != 1 {
 		t.Errorf("tombstone rejections = %v", n)
+	}
+}
+
+// A tombstoned address is refused before a password is hashed or a
+// creation token taken: each login attempt on it would otherwise cost a
+// hash. A scheme that cannot hash shows it: hashing would fail.
+func TestTombstoneBeforeHash(t *testing.T) {
+	s, st, _ := newService(t)
+	s.Accounts.PasswordScheme = "NO-SUCH-SCHEME"
+	s.Accounts.CreateBurst, s.Accounts.CreatePerMinute = 1, 1
+	st.tombs[string(testKey.Hash("abcdefghi@chat.test"))] = true
+	for range 3 {
+		if _, found, err := passdb(t, s, "abcdefghi@chat.test", "password123"); found || err != nil {
+			t.Fatalf("tombstoned address: found=%v err=%v, want not found", found, err)
+		}
+		if _, res, err := s.Create(context.Background(), "abcdefghi@chat.test", "password123"); res != NotFound || err != nil {
+			t.Fatalf("2.4's Create on a tombstoned address: %s %v", res, err)
+		}
+	}
+	if st.creates != 0 {
+		t.Errorf("Store.Create called %d times for a tombstoned address", st.creates)
+	}
+	// No token was taken: the one of the burst is still there.
+	if !s.creations.take(time.Now(), s.Accounts.CreateBurst, s.Accounts.CreatePerMinute) {
+		t.Error("a tombstoned address used the creation token")
+	}
+	if n := testutil.ToFloat64(s.Metrics.rejections.WithLabelValues("tombstone")); n != 6 {
+		t.Errorf("tombstone rejections = %v, want 6", n)
+	}
+}
+
+// A deletion that commits between the read-only check and the creating
+// transaction is still refused there (Store.Create's ErrTombstoned), and
+// the token is given back.
+func TestTombstoneRace(t *testing.T) {
+	s, st, _ := newService(t)
+	s.Accounts.CreateBurst, s.Accounts.CreatePerMinute = 1, 1
+	st.tombs[string(testKey.Hash("abcdefghi@chat.test"))] = true
+	st.lateTombs = true
+	if _, found, err := passdb(t, s, "abcdefghi@chat.test", "password123"); found || err != nil {
+		t.Errorf("tombstoned address: found=%v err=%v, want not found", found, err)
+	}
+	if st.creates != 1 || len(st.accs) != 0 {
+		t.Errorf("creates = %d, accounts = %d; want the creating transaction to refuse", st.creates, len(st.accs))
+	}
+	if !s.creations.take(time.Now(), s.Accounts.CreateBurst, s.Accounts.CreatePerMinute) {
+		t.Error("the refused creation kept its token")
+	}
+	// The store down at the read: try again later.
+	st.down, st.lateTombs = true, false
+	if _, _, err := passdb(t, s, "zyxwvutsr@chat.test", "password123"); err == nil {
+		t.Error("store down: no error")
 	}
 }

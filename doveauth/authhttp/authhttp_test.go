@@ -90,6 +90,15 @@ func (m *memStore) Create(ctx context.Context, n accounts.New) (*accounts.Accoun
 	return a, true, nil
 }
 
+func (m *memStore) HasTombstone(ctx context.Context, tombstone []byte) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.down {
+		return false, errDown
+	}
+	return m.tombs[string(tombstone)], nil
+}
+
 func (m *memStore) TouchLogin(context.Context, string, time.Time) error       { return nil }
 func (m *memStore) UpdateQuota(context.Context, string, accounts.Quota) error { return nil }
 

@@ -37,11 +37,18 @@ type Config struct {
 	// HTTPSocket, if set, serves Dovecot 2.4's Lua passdb and userdb
 	// (deploy/dovecot24/chatmail-auth.lua) over HTTP on this unix socket
 	// (doveauth/authhttp). Never a TCP port: it hands out password hashes
-	// and creates accounts.
+	// and creates accounts. Its default mode, 0600 without a group, admits
+	// doveauth's user and root, as which Dovecot 2.4's auth-worker runs the
+	// Lua: group dovecot would admit every imap and lmtp process too.
 	HTTPSocket      string          `toml:"http_socket"`
 	HTTPSocketMode  config.FileMode `toml:"http_socket_mode"`
 	HTTPSocketGroup string          `toml:"http_socket_group"`
-	Metrics         string          `toml:"metrics"`
+	// DictAuth serves passdb, userdb and the account list over the dict
+	// socket (Dovecot 2.3). Set it false with Dovecot 2.4, where the HTTP
+	// socket serves them and the dict socket, reachable by every mail
+	// process for quota_clone and last_login, must not.
+	DictAuth bool   `toml:"dict_auth"`
+	Metrics  string `toml:"metrics"`
 }
 
 // DefaultConfig returns the defaults of the [doveauth] section.
@@ -49,7 +56,8 @@ func DefaultConfig() Config {
 	return Config{
 		Socket: "/run/doveauth/doveauth.socket", SocketMode: 0o660,
 		Socketmap: "/var/spool/postfix/doveauth/socketmap.socket", SocketmapMode: 0o660,
-		HTTPSocketMode: 0o660,
+		HTTPSocketMode: 0o600,
+		DictAuth:       true,
 		Metrics:        "127.0.0.1:9721",
 	}
 }
@@ -102,6 +110,7 @@ func Run(ctx context.Context, env *daemon.Env, cfg *Config) error {
 		Log:          env.Log,
 		Metrics:      accountdict.NewMetrics(env.Registry),
 		TombstoneKey: key,
+		NoDictAuth:   !cfg.DictAuth,
 	}
 	// Account lifecycle (issue 9): block, unblock and delete drop the userdb cache via the store's notifications.
 	go store.WatchChanges(ctx, svc, env.Log)
@@ -148,6 +157,11 @@ func Run(ctx context.Context, env *daemon.Env, cfg *Config) error {
 		servers = append(servers, daemon.On(&authhttp.Server{
 			Accounts: svc, Ready: gate.ready.Load, Log: env.Log, Panics: env.Panics, IdleTimeout: time.Minute, RequestTimeout: timeout,
 		}, hln))
+	}
+	if cfg.HTTPSocket != "" && cfg.DictAuth {
+		// Dovecot 2.4 reads passdb and userdb over HTTP; its mail
+		// processes reach the dict socket.
+		env.Log.Warn("http_socket is set and dict_auth is true: the dict socket also hands out password hashes and lists accounts; set dict_auth = false with Dovecot 2.4")
 	}
 	env.Log.Info("serving", "socket", cfg.Socket, "socketmap", cfg.Socketmap, "http_socket", cfg.HTTPSocket)
 	return env.Serve(ctx, servers...)

@@ -38,9 +38,10 @@ func (k TombstoneKey) Hash(address string) []byte {
 }
 
 // LoadTombstoneKey reads the key file, or makes it when it does not exist:
-// 32 random bytes, hex-encoded, mode 0600, owned (when running as root) by
-// the owner and group of its directory, so that chatmail-admin run as root
-// and doveauth run as the mail user read the same key whichever makes it.
+// 32 random bytes, hex-encoded, mode 0640, owned (when running as root) by
+// the owner and group of its directory, so that chatmail-admin run as root,
+// doveauth under its own user and the sweep (in that user's group) read the
+// same key whichever makes it.
 // Concurrent first uses agree on one key.
 func LoadTombstoneKey(path string) (TombstoneKey, error) {
 	b, err := os.ReadFile(path)
@@ -73,7 +74,7 @@ func createKeyFile(path string) error {
 	defer os.Remove(tmp)
 	_, err = f.WriteString(hex.EncodeToString(raw) + "\n")
 	if err == nil {
-		err = f.Chmod(0o600)
+		err = f.Chmod(0o640)
 	}
 	if err == nil && os.Geteuid() == 0 {
 		var fi fs.FileInfo

@@ -29,8 +29,8 @@ func TestLoadTombstoneKey(t *testing.T) {
 		}
 	}
 	fi, err := os.Stat(path)
-	if err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("key file mode %v (%v), want 0600", fi.Mode(), err)
+	if err != nil || fi.Mode().Perm() != 0o640 {
+		t.Fatalf("key file mode %v (%v), want 0640", fi.Mode(), err)
 	}
 	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".tombstone-key-*")); len(left) != 0 {
 		t.Errorf("temporary files left: %v", left)
