@@ -27,6 +27,7 @@ import (
 	"bytes"
 	"regexp"
 	"strings"
+	"unicode/utf8"
 )
 
 // Source is the program a line comes from.
@@ -182,8 +183,39 @@ func Apply(l Line, nolog bool) (out string, keep, masked bool) {
 	if !l.Keep() {
 		return "", false, false
 	}
-	out = Mask(l.Source, l.Text)
+	text, cut := Cut(l.Text)
+	out = Mask(l.Source, text)
+	if cut {
+		out += CutMark
+	}
 	return out, true, out != l.Text
+}
+
+// MaxKept is the longest kept line under No-Log; the rest is cut before
+// masking (which costs in proportion to the length) and CutMark put at the
+// end. A warning worth reading says what it has to say in its first
+// kilobyte; what follows in a long line is mostly a client's input.
+const MaxKept = 1024
+
+// CutMark ends a line that Cut shortened.
+const CutMark = " [cut]"
+
+// Cut shortens text to at most MaxKept bytes, at a space if there is one in
+// the last quarter, so that no address, IP or name is cut into a fragment
+// that no longer has its shape; else at a UTF-8 boundary.
+func Cut(text string) (string, bool) {
+	if len(text) <= MaxKept {
+		return text, false
+	}
+	i := MaxKept
+	if sp := strings.LastIndexByte(text[MaxKept*3/4:MaxKept], ' '); sp >= 0 {
+		i = MaxKept*3/4 + sp
+	} else {
+		for i > 0 && !utf8.RuneStart(text[i]) {
+			i--
+		}
+	}
+	return text[:i], true
 }
 
 var (
@@ -193,6 +225,10 @@ var (
 	// ": dict-server" goes, or to the end of the line without one.
 	dictKeyServer = regexp.MustCompile(`\b(?:shared|priv)/.*: dict-server`)
 	dictKey       = regexp.MustCompile(`\b(?:shared|priv)/.*$`)
+	// An address with a quoted local part, `"bob smith"@chat.test` or
+	// `"x>carol"@other.test`: before the angle brackets, whose rule a ">"
+	// inside the quotes would mislead.
+	quoted = regexp.MustCompile(`"(?:[^"\\]|\\.)*"@[^\s<>()\[\],;:"'=]*`)
 	// Anything in angle brackets: addresses, message ids, HELO names,
 	// Dovecot session ids and pids. "<>" (the null sender) stays.
 	angle = regexp.MustCompile(`<[^<>]+>`)
@@ -206,11 +242,12 @@ var (
 	kv = regexp.MustCompile(`\b(user|sasl_username|sasl_sender|from|to|orig_to|helo|rip|lip|client|relay|session|sender|recipient|orig_client|reverse_client|msgid|message-id|login_user|original_user|remote|local)=([^\s,;]+)`)
 	// host[ip] as Postfix writes peers, and a bare bracketed address.
 	hostIP = regexp.MustCompile(`(?:[A-Za-z0-9._-]+)?\[(?:IPv6:)?[0-9A-Fa-f]*[.:][0-9A-Fa-f.:]*(?:%[A-Za-z0-9]+)?\]`)
+	// What is left of one without its "]": a line cut in the middle,
+	// "unknown[2001:db8:85a3:1:2:3". unclosed keeps it when a "]" follows.
+	openIP = regexp.MustCompile(`\[(?:IPv6:)?[0-9A-Fa-f]*[.:][0-9A-Fa-f.:]*`)
 	// "hostname foo.example does not resolve to address ...".
 	hostname = regexp.MustCompile(`\b(hostname|host|address) ([A-Za-z0-9._:-]*[.:][A-Za-z0-9._:-]*)`)
 	ipv4     = regexp.MustCompile(`\b\d{1,3}(?:\.\d{1,3}){3}\b`)
-	// IPv6: eight groups, or a "::" form, optionally ending in IPv4.
-	ipv6 = regexp.MustCompile(`(?i)\b(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}\b|(?:\b[0-9a-f]{1,4}(?::[0-9a-f]{1,4})*::(?:[0-9a-f]{1,4}(?::[0-9a-f]{1,4})*)?|::[0-9a-f]{1,4}(?::[0-9a-f]{1,4})*)\b`)
 	// Addresses outside brackets, "User doesn't exist: bob@example.org".
 	email = regexp.MustCompile(`[^\s<>()\[\],;:"'=]*@[^\s<>()\[\],;:"'=]+`)
 	// Postfix queue ids: short (hex, 6 or more) and long (enable_long_queue_ids).
@@ -253,10 +290,20 @@ func Mask(src Source, text string) string {
 }
 
 func maskOnce(src Source, text string) string {
-	s := dictKeyServer.ReplaceAllString(text, "-: dict-server")
-	s = dictKey.ReplaceAllString(s, "-")
-	s = angle.ReplaceAllString(s, "<->")
-	if src == Dovecot {
+	s := text
+	// Each rule runs only when the text has the character its shape needs:
+	// most kept lines are short and plain, and a regexp costs per byte.
+	if strings.Contains(s, "shared/") || strings.Contains(s, "priv/") {
+		s = dictKeyServer.ReplaceAllString(s, "-: dict-server")
+		s = dictKey.ReplaceAllString(s, "-")
+	}
+	if strings.Contains(s, `"@`) {
+		s = quoted.ReplaceAllString(s, "-")
+	}
+	if strings.IndexByte(s, '<') >= 0 {
+		s = angle.ReplaceAllString(s, "<->")
+	}
+	if src == Dovecot && strings.IndexByte(s, '(') >= 0 {
 		s = paren.ReplaceAllStringFunc(s, func(m string) string {
 			i := strings.IndexByte(m, '(')
 			inner := m[i+1 : len(m)-1]
@@ -266,7 +313,7 @@ func maskOnce(src Source, text string) string {
 			return m[:i] + "(-)"
 		})
 	}
-	if src == Dovecot {
+	if src == Dovecot && strings.IndexByte(s, '/') >= 0 {
 		s = path.ReplaceAllStringFunc(s, func(m string) string {
 			i := strings.IndexByte(m, '/')
 			for _, p := range systemDirs {
@@ -277,23 +324,241 @@ func maskOnce(src Source, text string) string {
 			return m[:i] + "-"
 		})
 	}
-	s = kv.ReplaceAllStringFunc(s, func(m string) string {
-		k, v, _ := strings.Cut(m, "=")
-		if v == "<>" || v == "<->" || v == "-" {
-			return m
-		}
-		if strings.HasPrefix(v, "<") && strings.HasSuffix(v, ">") {
-			return k + "=<->"
-		}
-		return k + "=-"
-	})
-	s = hostIP.ReplaceAllString(s, "-[-]")
-	s = hostname.ReplaceAllString(s, "$1 -")
-	s = ipv4.ReplaceAllString(s, "-") // first: "::ffff:192.0.2.1" ends in an IPv4
-	s = ipv6.ReplaceAllString(s, "-")
-	s = email.ReplaceAllString(s, "-")
+	if strings.IndexByte(s, '=') >= 0 {
+		s = kv.ReplaceAllStringFunc(s, func(m string) string {
+			k, v, _ := strings.Cut(m, "=")
+			if v == "<>" || v == "<->" || v == "-" {
+				return m
+			}
+			if strings.HasPrefix(v, "<") && strings.HasSuffix(v, ">") {
+				return k + "=<->"
+			}
+			return k + "=-"
+		})
+	}
+	if strings.IndexByte(s, '[') >= 0 {
+		s = hostIP.ReplaceAllString(s, "-[-]")
+		s = replaceMatches(s, openIP.FindAllStringIndex(s, -1), func(i, j int) bool {
+			return j == len(s) || s[j] != ']'
+		}, "[-")
+	}
+	if strings.Contains(s, "host") || strings.Contains(s, "address") {
+		s = hostname.ReplaceAllString(s, "$1 -")
+	}
+	if strings.Count(s, ":") >= 2 {
+		s = maskIPv6(s) // before IPv4: "::ffff:192.0.2.1" ends in one
+	}
+	if strings.IndexByte(s, '.') >= 0 {
+		s = ipv4.ReplaceAllString(s, "-")
+	}
+	if strings.IndexByte(s, '@') >= 0 {
+		s = email.ReplaceAllString(s, "-")
+	}
 	s = queueID.ReplaceAllString(s, "-")
+	// Domain names after the tag: the syslog header (time, our host name,
+	// program) is not a correspondent's.
+	if h := strings.Index(s, ": "); h >= 0 {
+		s = s[:h+2] + maskDomains(s[h+2:])
+	} else {
+		s = maskDomains(s)
+	}
 	return s
+}
+
+// replaceMatches replaces the spans [i, j) of s for which ok says so by
+// with.
+func replaceMatches(s string, spans [][]int, ok func(i, j int) bool, with string) string {
+	var b strings.Builder
+	last := 0
+	for _, m := range spans {
+		if !ok(m[0], m[1]) {
+			continue
+		}
+		if b.Len() == 0 {
+			b.Grow(len(s))
+		}
+		b.WriteString(s[last:m[0]])
+		b.WriteString(with)
+		last = m[1]
+	}
+	if last == 0 {
+		return s
+	}
+	b.WriteString(s[last:])
+	return b.String()
+}
+
+// maskIPv6 replaces IPv6 addresses: runs of hex digits, colons and dots
+// that start a word (or follow "IPv6:") and that isIPv6 accepts. By hand,
+// not by a regexp: no \b after a form ending in "::", and a regexp of
+// counted groups costs a lot per byte on every line with a time in it.
+func maskIPv6(s string) string {
+	var b strings.Builder
+	last := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if !(hexDigit(c) || c == ':') || (i > 0 && !ipv6Start(s, i)) {
+			i++
+			continue
+		}
+		j := i
+		for j < len(s) && (hexDigit(s[j]) || s[j] == ':' || s[j] == '.') {
+			j++
+		}
+		z := j
+		for z > i && s[z-1] == '.' {
+			z--
+		}
+		if isIPv6(s[i:z]) {
+			b.WriteString(s[last:i])
+			b.WriteByte('-')
+			last = z
+		}
+		i = j
+	}
+	if last == 0 {
+		return s
+	}
+	b.WriteString(s[last:])
+	return b.String()
+}
+
+func hexDigit(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+}
+
+// ipv6Start: s[i] does not continue a word, a number or an address, or
+// follows "IPv6:".
+func ipv6Start(s string, i int) bool {
+	p := s[i-1]
+	if !(p >= '0' && p <= '9' || p >= 'a' && p <= 'z' || p >= 'A' && p <= 'Z' || p == '_' || p == ':' || p == '.') {
+		return true
+	}
+	return i >= 5 && strings.EqualFold(s[i-5:i], "ipv6:")
+}
+
+// isIPv6 decides for a run of hex digits, colons and dots: groups of at
+// most four hex digits, the last one may be an IPv4; a "::" form with a
+// digit in it, or three or more groups, but for a time of day ("14:10:12").
+func isIPv6(m string) bool {
+	if strings.Count(m, ":") < 2 {
+		return false
+	}
+	groups := strings.Split(m, ":")
+	n := 0
+	for k, g := range groups {
+		if strings.IndexByte(g, '.') >= 0 {
+			if k != len(groups)-1 || !ipv4.MatchString(g) {
+				return false
+			}
+		} else if len(g) > 4 {
+			return false
+		}
+		if g != "" {
+			n++
+		}
+	}
+	if strings.Contains(m, "::") {
+		return n > 0
+	}
+	if n < 3 {
+		return false
+	}
+	if len(groups) == 3 {
+		clock := true
+		for _, g := range groups {
+			if len(g) != 2 || !allDigits(g) {
+				clock = false
+			}
+		}
+		return !clock
+	}
+	return true
+}
+
+// maskDomains replaces every domain-shaped token, labels joined by dots
+// and ending in a label that can be a top-level domain (two or more
+// letters, or an IDN's "xn--"), by "-": a correspondent's domain beside a
+// time says who mails whom ("no MX host for carol-home.example", "TLS
+// policy lookup for example.org/mx.example.org", "name=_25._tcp.mx.example").
+// What keeps a line readable stays: program names and setting names have
+// no dot, versions and source files ("3.10.1", "mail-index.c") end in no
+// such label, and absolute or relative paths ("/etc/postfix/main.cf",
+// "../ssl/statem/statem_clnt.c") are not names. A few file names whose
+// suffix is no top-level domain stay too.
+func maskDomains(s string) string {
+	var b strings.Builder
+	last := 0
+	for i := 0; i < len(s); {
+		if !domainChar(s[i]) {
+			i++
+			continue
+		}
+		j := i
+		for j < len(s) && domainChar(s[j]) {
+			j++
+		}
+		// Trim what ends a sentence or starts an ellipsis.
+		a, z := i, j
+		for a < z && (s[a] == '.' || s[a] == '-') {
+			a++
+		}
+		for z > a && (s[z-1] == '.' || s[z-1] == '-') {
+			z--
+		}
+		if isDomain(s[a:z]) && !inPath(s, i) {
+			b.WriteString(s[last:a])
+			b.WriteByte('-')
+			last = z
+		}
+		i = j
+	}
+	if last == 0 {
+		return s
+	}
+	b.WriteString(s[last:])
+	return b.String()
+}
+
+func domainChar(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_'
+}
+
+// fileSuffixes are name endings of files that no top-level domain has.
+var fileSuffixes = map[string]bool{"conf": true, "log": true, "db": true, "lmdb": true, "cdb": true, "pem": true, "crt": true, "lock": true, "pid": true, "sock": true, "index": true, "cache": true, "lua": true, "sieve": true}
+
+func isDomain(t string) bool {
+	dot := strings.LastIndexByte(t, '.')
+	if dot <= 0 || strings.Contains(t, "..") {
+		return false
+	}
+	tld := strings.ToLower(t[dot+1:])
+	if strings.HasPrefix(tld, "xn--") && len(tld) > 4 {
+		return true
+	}
+	if len(tld) < 2 || fileSuffixes[tld] || t == "main.cf" || t == "master.cf" {
+		return false
+	}
+	for k := 0; k < len(tld); k++ {
+		if tld[k] < 'a' || tld[k] > 'z' {
+			return false
+		}
+	}
+	return true
+}
+
+// inPath reports whether the token at s[i] is part of a path that starts
+// with "/", "./", "../" or "~/".
+func inPath(s string, i int) bool {
+	k := i
+	for k > 0 && (domainChar(s[k-1]) || s[k-1] == '/') {
+		k--
+	}
+	if k == i && (k == 0 || s[k-1] != '/') {
+		return false
+	}
+	p := s[k:]
+	return strings.HasPrefix(p, "/") || strings.HasPrefix(p, "./") || strings.HasPrefix(p, "../") || strings.HasPrefix(p, "~/")
 }
 
 // systemDirs are where Dovecot's own files live; a path elsewhere may be a

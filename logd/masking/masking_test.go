@@ -65,6 +65,8 @@ func fixtures(t *testing.T) []fixture {
 		{"dovecot-2.3.19.1.log", Dovecot, true},            // real capture (Dovecot's log file)
 		{"postfix-3.10-reconstructed.log", Postfix, false}, // reconstructed
 		{"dovecot-2.4-reconstructed.log", Dovecot, false},  // reconstructed
+		{"postfix-3.10.13.log", Postfix, false},            // real capture (Debian 13, logd's output; testdata/README)
+		{"dovecot-2.4.1.log", Dovecot, false},              // real capture (Debian 13, <PRI> from the level word)
 	} {
 		fh, err := os.Open(filepath.Join("testdata", f.name))
 		if err != nil {
@@ -99,6 +101,8 @@ var (
 	detIPv4  = regexp.MustCompile(`(?:^|[^\w.])\d+\.\d+\.\d+\.\d+`)
 	detHexQ  = regexp.MustCompile(`\b[0-9A-F]{8,12}\b`)
 	detLongQ = regexp.MustCompile(`\b[0-9A-Za-y]{10,}z[0-9A-Za-y]{3,}\b`)
+	// A bare domain of the fixtures' correspondents (and ours).
+	detDomain = regexp.MustCompile(`(?i)\b[a-z0-9_-]+\.(?:test|example|org|com|net)\b`)
 	// Harvest: "QUEUEID: " after a Postfix tag, session=<...>, <pid><session>.
 	harvestQ       = regexp.MustCompile(`\]: (?:warning: )?([0-9A-Za-z]*[0-9][0-9A-Za-z]*): `)
 	harvestSession = regexp.MustCompile(`session=<([^>]+)>|\)<\d+><([^>]+)>`)
@@ -148,6 +152,7 @@ func leaks(s string, ids map[string]bool) []string {
 	l = append(l, detIPv4.FindAllString(s, -1)...)
 	l = append(l, detHexQ.FindAllString(s, -1)...)
 	l = append(l, detLongQ.FindAllString(s, -1)...)
+	l = append(l, detDomain.FindAllString(s, -1)...)
 	l = append(l, ipv6In(s)...)
 	for id := range ids {
 		if strings.Contains(s, id) {

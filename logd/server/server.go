@@ -35,6 +35,7 @@ const DrainTimeout = 5 * time.Second
 //	max_size = 104857600   # bytes; rotate to output.1 .. output.<keep>; 0: only reopen on SIGHUP
 //	keep = 5
 //	queue_length = 65536   # datagrams; beyond, lines are dropped and counted
+//	queue_bytes = 16777216 # bytes of the queued datagrams; beyond, the same
 //	receive_buffer = 4194304 # SO_RCVBUF of each socket logd binds, bytes
 //	metrics = "127.0.0.1:9727"
 type Config struct {
@@ -44,6 +45,7 @@ type Config struct {
 	MaxSize       int64  `toml:"max_size"`
 	Keep          int    `toml:"keep"`
 	QueueLength   int    `toml:"queue_length"`
+	QueueBytes    int64  `toml:"queue_bytes"`
 	ReceiveBuffer int    `toml:"receive_buffer"`
 	Metrics       string `toml:"metrics"`
 }
@@ -57,6 +59,10 @@ func Defaults() Config {
 		MaxSize:       100 << 20,
 		Keep:          5,
 		QueueLength:   65536,
+		// 65536 long lines would take up to 1 GiB; 16 MiB is still
+		// thousands of typical lines (about 150 bytes), and keeps logd
+		// well under the unit's MemoryMax.
+		QueueBytes:    16 << 20,
 		ReceiveBuffer: 4 << 20,
 		Metrics:       "127.0.0.1:9727",
 	}
@@ -80,6 +86,9 @@ func (c *Config) Validate() error {
 	}
 	if c.QueueLength < 1 {
 		return &config.Error{Key: "queue_length", Msg: "must be at least 1"}
+	}
+	if c.QueueBytes < sink.MaxDatagram {
+		return &config.Error{Key: "queue_bytes", Msg: fmt.Sprintf("must be at least %d (one datagram)", sink.MaxDatagram)}
 	}
 	if c.MaxSize < 0 || c.Keep < 0 || c.ReceiveBuffer < 0 {
 		return &config.Error{Key: "max_size", Msg: "max_size, keep and receive_buffer cannot be negative"}
@@ -123,7 +132,7 @@ func run(ctx context.Context, env *daemon.Env, c *Config, inherited []*os.File) 
 	}
 
 	m := sink.NewMetrics(env.Registry)
-	q := sink.NewQueue(c.QueueLength, m, env.NoLog)
+	q := sink.NewQueue(c.QueueLength, c.QueueBytes, m, env.NoLog)
 	out, err := sink.OpenFile(c.Output, c.MaxSize, c.Keep)
 	if err != nil {
 		return err

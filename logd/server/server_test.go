@@ -28,15 +28,16 @@ func parse(t *testing.T, text string) (*Config, error) {
 }
 
 func TestSection(t *testing.T) {
-	c, err := parse(t, "[logd]\noutput = \"/var/log/x.log\"\nqueue_length = 10\n")
+	c, err := parse(t, "[logd]\noutput = \"/var/log/x.log\"\nqueue_length = 10\nqueue_bytes = 1048576\n")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Output != "/var/log/x.log" || c.QueueLength != 10 || c.Metrics != "127.0.0.1:9727" {
+	if c.Output != "/var/log/x.log" || c.QueueLength != 10 || c.QueueBytes != 1<<20 || c.Metrics != "127.0.0.1:9727" {
 		t.Fatalf("%+v", c)
 	}
 	for _, bad := range []string{
 		"[logd]\nqueue_length = 0\n",
+		"[logd]\nqueue_bytes = 1000\n",
 		"[logd]\noutput = \"rel.log\"\n",
 		"[logd]\nmetrics = \"0.0.0.0:9727\"\n",
 		"[logd]\nsockett = \"/x\"\n",

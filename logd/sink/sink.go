@@ -22,6 +22,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -61,7 +62,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		Dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "chatmail_logd_lines_dropped_total",
-			Help: "Lines not written: queue_full (the writer fell behind), nolog (a user action under No-Log), write_error.",
+			Help: "Lines not written: queue_full (the writer fell behind: the queue held queue_length lines or queue_bytes bytes), nolog (a user action under No-Log), write_error.",
 		}, []string{"reason"}),
 		Masked: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "chatmail_logd_lines_masked_total",
@@ -91,21 +92,39 @@ type Queue struct {
 	m       *Metrics
 	nolog   NoLog
 	dropped prometheus.Counter
+	// bytes is what the queued datagrams hold, at most maxBytes: a queue
+	// of n long lines would otherwise take n*MaxDatagram.
+	bytes    atomic.Int64
+	maxBytes int64
 }
 
-// NewQueue returns a queue of n datagrams following the switch nolog.
-func NewQueue(n int, m *Metrics, nolog NoLog) *Queue {
-	return &Queue{ch: make(chan item, n), m: m, nolog: nolog, dropped: m.Dropped.WithLabelValues(ReasonQueueFull)}
+// NewQueue returns a queue of at most n datagrams and maxBytes bytes of
+// them, following the switch nolog.
+func NewQueue(n int, maxBytes int64, m *Metrics, nolog NoLog) *Queue {
+	return &Queue{ch: make(chan item, n), m: m, nolog: nolog, dropped: m.Dropped.WithLabelValues(ReasonQueueFull), maxBytes: maxBytes}
 }
 
 // offer never blocks.
 func (q *Queue) offer(src masking.Source, b []byte) {
 	q.m.Received.Inc()
+	size := int64(len(b))
+	if q.bytes.Add(size) > q.maxBytes {
+		q.bytes.Add(-size)
+		q.dropped.Inc()
+		return
+	}
 	select {
 	case q.ch <- item{src, b, q.nolog.On()}:
 	default:
+		q.bytes.Add(-size)
 		q.dropped.Inc()
 	}
+}
+
+// take is the writer's end of offer.
+func (q *Queue) take(it item) item {
+	q.bytes.Add(-int64(len(it.b)))
+	return it
 }
 
 // Listen binds a unixgram socket at path with mode (0666: every Postfix
@@ -205,14 +224,14 @@ func WriteLoop(ctx context.Context, q *Queue, out Output) {
 			for {
 				select {
 				case it := <-q.ch:
-					handle(it)
+					handle(q.take(it))
 				default:
 					_ = out.Flush()
 					return
 				}
 			}
 		case it := <-q.ch:
-			handle(it)
+			handle(q.take(it))
 			if len(q.ch) == 0 {
 				_ = out.Flush() // a failed flush shows in the next write
 			}

@@ -38,7 +38,7 @@ func setup(t *testing.T, qlen int, nolog NoLog) (string, *Queue, *Metrics, int) 
 		t.Fatal(err)
 	}
 	m := NewMetrics(prometheus.NewRegistry())
-	q := NewQueue(qlen, m, nolog)
+	q := NewQueue(qlen, 16<<20, m, nolog)
 	done := make(chan error, 1)
 	go func() { done <- ReadLoop(c, masking.Postfix, q) }()
 	t.Cleanup(func() {
@@ -151,7 +151,7 @@ func (o *memOut) get() []string {
 func TestBothFormatsNoLog(t *testing.T) {
 	dir := t.TempDir()
 	m := NewMetrics(prometheus.NewRegistry())
-	q := NewQueue(100, m, flag(true))
+	q := NewQueue(100, 16<<20, m, flag(true))
 	for _, s := range []struct {
 		name string
 		src  masking.Source
