@@ -5,13 +5,17 @@
 // doveauth and chatmail-milter and against references started in the same
 // run, and prints the ratios.
 //
-// It prints one line: operations/s, p50 and p99 latency (ms), and the CPU
-// time the whole machine spent per operation (ms).
+// dict, imap and smtp print one line: operations/s, p50 and p99 latency
+// (ms), and the CPU time the whole machine spent per operation (ms).
+// smtp-load is a steady load for a fixed time, counted per second, with a
+// process stopped for part of it (smtpLoad says what it prints).
 //
 //	chatmail-bench dict -socket PATH -user ADDR [-kind userdb|passdb -pass PW] [-n N] [-c CONC]
 //	chatmail-bench imap -addr HOST:PORT -user ADDR -pass PW [-n N] [-c CONC]
 //	chatmail-bench noop-milter -socket PATH    (a reference milter that accepts everything)
 //	chatmail-bench smtp -addr HOST:PORT -from ADDR -user ADDR -msg FILE [-dkim-key PEM -dkim-selector S] [-per-session K] [-maildir DIR] [-n N] [-c CONC]
+//	chatmail-bench smtp-load -addr HOST:PORT -from ADDR -user ADDR -msg FILE [-dkim-key PEM -dkim-selector S] [-maildir DIR]
+//	        [-c CONC] [-rate SESSIONS/S] [-duration D] [-stop-pid PID -stop-at D -stop-for D] [-per-second FILE]
 package main
 
 import (
@@ -40,8 +44,15 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: chatmail-bench dict|imap [flags]")
+		fmt.Fprintln(os.Stderr, "usage: chatmail-bench dict|imap|smtp|smtp-load|noop-milter [flags]")
 		os.Exit(2)
+	}
+	if os.Args[1] == "smtp-load" {
+		if err := smtpLoad(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	n := fs.Int("n", 20000, "operations")
