@@ -84,6 +84,15 @@ func binaries() (string, error) {
 	return binDir, buildErr
 }
 
+// RemoveBinaries removes the daemons' binaries built for this test process
+// (not a STACK_BIN given by the caller); TestMain calls it at the end.
+func RemoveBinaries() error {
+	if binDir == "" || os.Getenv("STACK_BIN") != "" {
+		return nil
+	}
+	return os.RemoveAll(binDir)
+}
+
 // Up brings up a stack in a new directory.
 func Up(opts ...Option) (*Stack, error) {
 	bin, err := binaries()
