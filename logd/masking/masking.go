@@ -24,7 +24,6 @@
 package masking
 
 import (
-	"bytes"
 	"regexp"
 	"strings"
 	"unicode/utf8"
@@ -76,12 +75,16 @@ type Line struct {
 // Parse splits a datagram: Postfix's "Mmm dd HH:MM:SS host prog[pid]: text"
 // or syslog(3)'s "<PRI>Mmm dd HH:MM:SS ident[pid]: text". It accepts any
 // timestamp without ": " in it (RFC 3164 or RFC 3339).
-func Parse(src Source, b []byte) Line {
+func Parse(src Source, b []byte) Line { return ParseString(src, string(b)) }
+
+// ParseString is Parse of a datagram held in a string; the Line's strings
+// share its memory unless a line break had to be replaced.
+func ParseString(src Source, b string) Line {
 	l := Line{Source: src, Severity: SevNone}
 	if len(b) > 2 && b[0] == '<' {
-		if end := bytes.IndexByte(b[:min(len(b), 5)], '>'); end > 1 {
+		if end := strings.IndexByte(b[:min(len(b), 5)], '>'); end > 1 {
 			pri, ok := 0, true
-			for _, c := range b[1:end] {
+			for _, c := range []byte(b[1:end]) {
 				if c < '0' || c > '9' {
 					ok = false
 					break
@@ -94,21 +97,20 @@ func Parse(src Source, b []byte) Line {
 			}
 		}
 	}
-	b = bytes.TrimRight(b, "\r\n\x00")
+	b = strings.TrimRight(b, "\r\n\x00")
 	if len(b) > MaxLine {
 		b = b[:MaxLine]
 	}
-	if bytes.ContainsAny(b, "\r\n") {
-		c := make([]byte, len(b))
-		for i, x := range b {
+	if strings.ContainsAny(b, "\r\n") {
+		c := []byte(b)
+		for i, x := range c {
 			if x == '\n' || x == '\r' {
-				x = ' '
+				c[i] = ' '
 			}
-			c[i] = x
 		}
-		b = c
+		b = string(c)
 	}
-	l.Text = string(b)
+	l.Text = b
 	if head, msg, ok := strings.Cut(l.Text, ": "); ok {
 		l.Tag = head[strings.LastIndexByte(head, ' ')+1:]
 		l.Msg = msg

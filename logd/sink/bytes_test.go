@@ -22,7 +22,7 @@ func TestQueueBoundedByBytes(t *testing.T) {
 		t.Fatal(len(line))
 	}
 	for range 50 {
-		q.offer(masking.Postfix, []byte(line))
+		q.offer(masking.Postfix, line)
 	}
 	if got := testutil.ToFloat64(m.Dropped.WithLabelValues(ReasonQueueFull)); got != 40 {
 		t.Fatalf("dropped %v, want 40", got)
@@ -37,7 +37,7 @@ func TestQueueBoundedByBytes(t *testing.T) {
 	waitFor(t, "the queue written", func() bool { return len(out.get()) == 10 })
 	waitFor(t, "the bytes given back", func() bool { return q.bytes.Load() == 0 })
 	for range 5 {
-		q.offer(masking.Postfix, []byte(line))
+		q.offer(masking.Postfix, line)
 	}
 	waitFor(t, "room again", func() bool { return len(out.get()) == 15 })
 	cancel()

@@ -11,7 +11,8 @@ import (
 // with a postrotate "kill -HUP") and rotated by itself when it grows past
 // MaxSize: path becomes path.1, path.1 becomes path.2, ... up to Keep files;
 // MaxSize 0 turns the own rotation off. Lines are buffered and flushed
-// whenever the queue runs empty, so a burst costs few writes.
+// when the writer has written what was queued (WriteLoop, FlushDelay), so
+// a burst or a trickle costs few writes.
 type File struct {
 	Path    string
 	MaxSize int64
