@@ -407,26 +407,11 @@ func imapLoginClient(s *stack.Stack, addr string) (*imapclient.Client, error) {
 // doveauthMetric returns the value of one series of doveauth's metrics.
 func doveauthMetric(t *testing.T, s *stack.Stack, series string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + s.Env["DOVEAUTH_METRICS"] + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	v, ok := scrapeMetrics(t, s.Env["DOVEAUTH_METRICS"], series)[series]
+	if !ok {
+		t.Fatalf("no metric %s", series)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), series+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return f
-		}
-	}
-	t.Fatalf("no metric %s", series)
-	return 0
+	return v
 }
 
 // imapAuthPlain logs in with AUTHENTICATE PLAIN (SASL-IR), which carries

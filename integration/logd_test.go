@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -725,33 +724,10 @@ func wantDeliveredOnce(t *testing.T, s *stack.Stack, ld *mailLoad) {
 	t.Logf("%d acknowledged messages each delivered exactly once (%d messages in the Maildirs, %d sent)", len(acks), copies, len(sent))
 }
 
-// logdMetrics returns logd's series as Prometheus text lines, by name with
-// labels.
+// logdMetrics returns logd's series, by name with labels.
 func logdMetrics(t *testing.T, s *stack.Stack) map[string]float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + s.Env["LOGD_METRICS"] + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := map[string]float64{}
-	for line := range strings.Lines(string(b)) {
-		line = strings.TrimSpace(line)
-		if !strings.HasPrefix(line, "chatmail_logd_") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			t.Fatalf("metrics line %q: %v", line, err)
-		}
-		m[line[:i]] = v
-	}
-	return m
+	return scrapeMetrics(t, s.Env["LOGD_METRICS"], "chatmail_logd_")
 }
 
 // wantLogdMetrics: logd read and wrote lines and dropped none.
