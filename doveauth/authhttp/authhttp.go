@@ -205,7 +205,9 @@ func (s *Server) passdb(ctx context.Context, r *http.Request, w http.ResponseWri
 func (s *Server) create(ctx context.Context, r *http.Request, w http.ResponseWriter) {
 	user, ok1 := field(r, "user")
 	password, ok2 := field(r, "password")
-	if !ok1 || !ok2 {
+	// An empty password is no login: refused here, before an account that
+	// exists meanwhile would be answered with its hash (found by FuzzRequest).
+	if !ok1 || !ok2 || password == "" {
 		reply(w, http.StatusBadRequest, "error", "want user and password")
 		return
 	}
