@@ -51,14 +51,7 @@ func (c *Config) Kick(ctx context.Context, addr string) error {
 // Open connects to the account store, migrates it and returns the
 // lifecycle over it, and the function that closes it.
 func Open(ctx context.Context, cfg *config.Common, sec *Config) (*accounts.Lifecycle, func(), error) {
-	if err := cfg.RequirePostgres(); err != nil {
-		return nil, nil, err
-	}
-	dsn, err := cfg.PostgresDSN()
-	if err != nil {
-		return nil, nil, err
-	}
-	store, err := accounts.Open(ctx, dsn, 2)
+	store, err := accounts.OpenConfigured(ctx, cfg, 2)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -86,14 +79,7 @@ func Open(ctx context.Context, cfg *config.Common, sec *Config) (*accounts.Lifec
 // to *set if set is not nil. Every daemon configured with the same
 // database follows within a second.
 func NoLog(ctx context.Context, cfg *config.Common, set *bool) (bool, error) {
-	if err := cfg.RequirePostgres(); err != nil {
-		return false, err
-	}
-	dsn, err := cfg.PostgresDSN()
-	if err != nil {
-		return false, err
-	}
-	store, err := accounts.Open(ctx, dsn, 1)
+	store, err := accounts.OpenConfigured(ctx, cfg, 1)
 	if err != nil {
 		return false, err
 	}

@@ -85,16 +85,9 @@ const DrainTimeout = 10 * time.Second
 // Run serves the dict socket and, if configured, the socketmap and HTTP
 // sockets until ctx ends, then drains.
 func Run(ctx context.Context, env *daemon.Env, cfg *Config) error {
-	if err := env.Config.RequirePostgres(); err != nil {
-		return err
-	}
-	dsn, err := env.Config.PostgresDSN()
+	store, err := accounts.OpenConfigured(ctx, env.Config, 0)
 	if err != nil {
 		return err
-	}
-	store, err := accounts.Open(ctx, dsn, env.Config.Postgres.MaxConns)
-	if err != nil {
-		return &config.Error{Key: "postgres.dsn", Msg: err.Error()}
 	}
 	defer store.Close()
 	// Without its key doveauth cannot honour tombstones: it does not start.
@@ -116,7 +109,10 @@ func Run(ctx context.Context, env *daemon.Env, cfg *Config) error {
 	go store.WatchChanges(ctx, svc, env.Log)
 	gate := &migrationGate{next: svc}
 	go func() {
-		gate.migrate(ctx, store, env.Log)
+		if !store.MigrateRetrying(ctx, env.Log) {
+			return
+		}
+		gate.ready.Store(true)
 		purgeTombstones(ctx, store, env.Config.Accounts.TombstoneLifetime.D(), env.Log)
 	}()
 
@@ -175,28 +171,6 @@ type migrationGate struct {
 }
 
 var errNotReady = errors.New("account store not ready, try again later")
-
-func (g *migrationGate) migrate(ctx context.Context, store *accounts.Store, log *slog.Logger) {
-	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
-		err := store.Migrate(ctx)
-		if err == nil {
-			g.ready.Store(true)
-			log.Info("account store ready")
-			return
-		}
-		if errors.Is(err, accounts.ErrSchemaNewer) {
-			// Not transient: the admin has to run the newer release.
-			log.Error("account store unusable, retrying", "err", err, "delay", delay)
-		} else {
-			log.Warn("account store not ready, retrying", "err", err, "delay", delay)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(delay):
-		}
-	}
-}
 
 // purgeTombstones removes expired tombstones now and every hour, so that
 // the database keeps them no longer than tombstone_lifetime.

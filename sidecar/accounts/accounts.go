@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"chatmail.dev/sidecar/config"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -55,6 +56,27 @@ func Open(ctx context.Context, dsn string, maxConns int) (*Store, error) {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
 	return &Store{pool: pool}, nil
+}
+
+// OpenConfigured opens the store of the configuration's [postgres]
+// section with at most maxConns connections (0: max_conns). What is wrong
+// with the section is a *config.Error.
+func OpenConfigured(ctx context.Context, c *config.Common, maxConns int) (*Store, error) {
+	if err := c.RequirePostgres(); err != nil {
+		return nil, err
+	}
+	dsn, err := c.PostgresDSN()
+	if err != nil {
+		return nil, err
+	}
+	if maxConns == 0 {
+		maxConns = c.Postgres.MaxConns
+	}
+	s, err := Open(ctx, dsn, maxConns)
+	if err != nil {
+		return nil, &config.Error{Key: "postgres.dsn", Msg: err.Error()}
+	}
+	return s, nil
 }
 
 // Close closes every connection.

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"path"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -102,4 +104,30 @@ func (s *Store) Migrate(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// MigrateRetrying runs Migrate until it succeeds, retrying with growing
+// delays (up to 5 s) while PostgreSQL is down or another daemon holds the
+// migration lock, so that a daemon can start before its database and
+// answer "try again later" meanwhile. It reports whether the schema is in
+// place; false when ctx ended first.
+func (s *Store) MigrateRetrying(ctx context.Context, log *slog.Logger) bool {
+	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
+		err := s.Migrate(ctx)
+		if err == nil {
+			log.Info("account store ready")
+			return true
+		}
+		if errors.Is(err, ErrSchemaNewer) {
+			// Not transient: the admin has to run the newer release.
+			log.Error("account store unusable, retrying", "err", err, "delay", delay)
+		} else {
+			log.Warn("account store not ready, retrying", "err", err, "delay", delay)
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(delay):
+		}
+	}
 }

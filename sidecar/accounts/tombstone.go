@@ -3,27 +3,18 @@ package accounts
 import (
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
-	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
-	"syscall"
 	"time"
 
+	"chatmail.dev/sidecar/keyfile"
 	"github.com/jackc/pgx/v5"
 )
 
 // ErrTombstoned says the address belonged to a deleted account and may not
 // be registered again (yet).
 var ErrTombstoned = errors.New("address of a deleted account")
-
-// minKeyLength is the shortest tombstone key accepted, in bytes of the file.
-const minKeyLength = 32
 
 // TombstoneKey is the secret that tombstones are keyed with.
 type TombstoneKey []byte
@@ -37,67 +28,12 @@ func (k TombstoneKey) Hash(address string) []byte {
 	return m.Sum(nil)
 }
 
-// LoadTombstoneKey reads the key file, or makes it when it does not exist:
-// 32 random bytes, hex-encoded, mode 0640, owned (when running as root) by
-// the owner and group of its directory, so that chatmail-admin run as root,
-// doveauth under its own user and the sweep (in that user's group) read the
-// same key whichever makes it.
-// Concurrent first uses agree on one key.
+// LoadTombstoneKey reads the key file, or makes it when it does not exist
+// (keyfile.Load): chatmail-admin run as root, doveauth under its own user
+// and the sweep (in that user's group) read the same key whichever makes it.
 func LoadTombstoneKey(path string) (TombstoneKey, error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		if err := createKeyFile(path); err != nil {
-			return nil, fmt.Errorf("tombstone key: %w", err)
-		}
-		b, err = os.ReadFile(path)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("tombstone key: %w", err)
-	}
-	if len(b) < minKeyLength {
-		return nil, fmt.Errorf("tombstone key %s: %d bytes, want at least %d", path, len(b), minKeyLength)
-	}
-	return TombstoneKey(b), nil
-}
-
-func createKeyFile(path string) error {
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		return err
-	}
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".tombstone-key-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	_, err = f.WriteString(hex.EncodeToString(raw) + "\n")
-	if err == nil {
-		err = f.Chmod(0o640)
-	}
-	if err == nil && os.Geteuid() == 0 {
-		var fi fs.FileInfo
-		if fi, err = os.Stat(dir); err == nil {
-			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-				err = f.Chown(int(st.Uid), int(st.Gid))
-			}
-		}
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	// A hard link never replaces a key another process made meanwhile.
-	if err := os.Link(tmp, path); err != nil && !errors.Is(err, fs.ErrExist) {
-		return err
-	}
-	return nil
+	b, err := keyfile.Load(path, "tombstone key")
+	return TombstoneKey(b), err
 }
 
 // tombstoneLockClass is the first key of the advisory locks that order an

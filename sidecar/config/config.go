@@ -24,7 +24,7 @@ import (
 
 // Sections lists every top-level section name a daemon may find in the file.
 // A section not in this list is reported as unknown.
-var Sections = []string{"mail", "accounts", "postgres", "log", "admin", "doveauth", "milter", "logd", "metadata-proxy", "turnd", "mxdeliv"}
+var Sections = []string{"mail", "accounts", "postgres", "log", "turn", "admin", "doveauth", "milter", "logd", "metadata-proxy", "turnd", "mxdeliv"}
 
 // Error is a configuration error. Daemons exit with code 2 on it.
 type Error struct {
@@ -116,12 +116,41 @@ type Log struct {
 	NoLogFile string `toml:"nolog_file"`
 }
 
+// Turn is the server's TURN relay as clients learn it from IMAP METADATA:
+// metadata-proxy issues credentials for it, turnd checks them.
+type Turn struct {
+	// SecretFile holds the secret the credentials' passwords are keyed with
+	// (HMAC-SHA1); made, random, at first use (keyfile.Load).
+	SecretFile string `toml:"secret_file"`
+	// Host is what clients connect to: a DNS name or a bare IPv4 address
+	// (Delta Chat splits the METADATA value at colons, so no IPv6 literal,
+	// and cannot resolve a bracketed [1.2.3.4]). Empty: the first mail
+	// domain, without brackets.
+	Host string `toml:"host"`
+	Port int    `toml:"port"`
+	// Lifetime of a credential. Delta Chat asks again when less than 12
+	// hours are left, so it must be well beyond that.
+	Lifetime Duration `toml:"lifetime"`
+	// Realm of the TURN server; empty: the first mail domain.
+	Realm string `toml:"realm"`
+}
+
+// Credential lifetimes allowed: a client asks for a new credential when
+// less than 12 hours are left, at every IDLE cycle (5 minutes) from then
+// on, so a lifetime near that makes clients poll; a long one lets a copied
+// credential work long after (unless its account is blocked).
+const (
+	MinTurnLifetime = 48 * time.Hour
+	MaxTurnLifetime = 30 * 24 * time.Hour
+)
+
 // Common is what every daemon reads.
 type Common struct {
 	Mail     Mail     `toml:"mail"`
 	Accounts Accounts `toml:"accounts"`
 	Postgres Postgres `toml:"postgres"`
 	Log      Log      `toml:"log"`
+	Turn     Turn     `toml:"turn"`
 }
 
 // Defaults returns the common settings before the file is applied. They match
@@ -145,6 +174,7 @@ func Defaults() Common {
 		},
 		Postgres: Postgres{QueryTimeout: Duration(2 * time.Second), MaxConns: 16},
 		Log:      Log{Level: "info", NoLogFile: "/var/lib/chatmail/nolog"},
+		Turn:     Turn{SecretFile: "/var/lib/chatmail-turn/turn.secret", Port: 3478, Lifetime: Duration(120 * time.Hour)},
 	}
 }
 
@@ -190,7 +220,7 @@ func Parse(text, daemon string, section any) (*Common, error) {
 	for _, s := range []struct {
 		name string
 		into any
-	}{{"mail", &c.Mail}, {"accounts", &c.Accounts}, {"postgres", &c.Postgres}, {"log", &c.Log}, {daemon, section}} {
+	}{{"mail", &c.Mail}, {"accounts", &c.Accounts}, {"postgres", &c.Postgres}, {"log", &c.Log}, {"turn", &c.Turn}, {daemon, section}} {
 		if s.into == nil {
 			continue
 		}
@@ -201,7 +231,7 @@ func Parse(text, daemon string, section any) (*Common, error) {
 	// Undecoded reports keys of every section; only ours are errors here.
 	for _, k := range md.Undecoded() {
 		top := k[0]
-		if top == "mail" || top == "accounts" || top == "postgres" || top == "log" || (top == daemon && section != nil) {
+		if top == "mail" || top == "accounts" || top == "postgres" || top == "log" || top == "turn" || (top == daemon && section != nil) {
 			return nil, &Error{Key: k.String(), Msg: "unknown key"}
 		}
 	}
@@ -286,6 +316,40 @@ func (c *Common) validate() error {
 	}
 	if c.Postgres.MaxConns < 1 {
 		return &Error{Key: "postgres.max_conns", Msg: "must be at least 1"}
+	}
+	return c.Turn.validate(c.Mail.Domains[0])
+}
+
+var ipv4RE = regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$`)
+
+// validate checks the section and fills the defaults that come from the
+// first mail domain.
+func (t *Turn) validate(firstDomain string) error {
+	bare := strings.TrimSuffix(strings.TrimPrefix(firstDomain, "["), "]")
+	if t.Host == "" {
+		t.Host = bare
+	}
+	if t.Realm == "" {
+		t.Realm = bare
+	}
+	if ipv4RE.MatchString(t.Host) {
+		if ip := net.ParseIP(t.Host); ip == nil || ip.To4() == nil {
+			return &Error{Key: "turn.host", Msg: fmt.Sprintf("%q is not an IPv4 address", t.Host)}
+		}
+	} else if t.Host != strings.ToLower(t.Host) || !domainRE.MatchString(t.Host) || strings.HasPrefix(t.Host, "[") {
+		return &Error{Key: "turn.host", Msg: fmt.Sprintf("%q: want a lower-case DNS name or a bare IPv4 address (clients cannot use IPv6 literals or brackets here)", t.Host)}
+	}
+	if t.Port < 1 || t.Port > 65535 {
+		return &Error{Key: "turn.port", Msg: "must be 1 to 65535"}
+	}
+	if t.Lifetime.D() < MinTurnLifetime || t.Lifetime.D() > MaxTurnLifetime {
+		return &Error{Key: "turn.lifetime", Msg: fmt.Sprintf("must be %v to %v", MinTurnLifetime, MaxTurnLifetime)}
+	}
+	if !strings.HasPrefix(t.SecretFile, "/") {
+		return &Error{Key: "turn.secret_file", Msg: "must be an absolute path"}
+	}
+	if t.Realm == "" || strings.ContainsAny(t.Realm, "\"\\\x00\r\n") {
+		return &Error{Key: "turn.realm", Msg: "must be a non-empty string without quotes, backslashes or line breaks"}
 	}
 	return nil
 }

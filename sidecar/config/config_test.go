@@ -39,6 +39,23 @@ anything = "belongs to another daemon"
 	}
 }
 
+func TestTurnDefaults(t *testing.T) {
+	for _, c := range []struct{ text, host, realm string }{
+		// A bracketed IPv4 domain is served to clients as the bare address.
+		{"[mail]\ndomains = [\"[1.2.3.4]\", \"a.b\"]", "1.2.3.4", "1.2.3.4"},
+		{"[mail]\ndomains = [\"chat.example.org\"]", "chat.example.org", "chat.example.org"},
+		{"[mail]\ndomains = [\"a.b\"]\n[turn]\nhost = \"127.0.0.1\"\nrealm = \"r\"", "127.0.0.1", "r"},
+	} {
+		cfg, err := Parse(c.text, "doveauth", nil)
+		if err != nil {
+			t.Fatalf("%q: %v", c.text, err)
+		}
+		if cfg.Turn.Host != c.host || cfg.Turn.Realm != c.realm || cfg.Turn.Port != 3478 || cfg.Turn.Lifetime.D() != 120*time.Hour {
+			t.Errorf("%q: %+v", c.text, cfg.Turn)
+		}
+	}
+}
+
 func TestParseErrorsNameTheKey(t *testing.T) {
 	for _, c := range []struct{ text, key string }{
 		{`[mail]`, "mail.domains"},
@@ -52,6 +69,15 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{"[mail]\ndomains = [\"a.b\"]\n[doveauth]\nsockt = \"/x\"", "doveauth.sockt"},
 		{"[mail]\ndomains = [\"a.b\"]\n[dovauth]", "dovauth"},
 		{"[mail\n", ""},
+		{"[mail]\ndomains = [\"a.b\"]\n[turn]\nhost = \"[1.2.3.4]\"", "turn.host"},
+		{"[mail]\ndomains = [\"a.b\"]\n[turn]\nhost = \"::1\"", "turn.host"},
+		{"[mail]\ndomains = [\"a.b\"]\n[turn]\nhost = \"1.2.3.400\"", "turn.host"},
+		{"[mail]\ndomains = [\"a.b\"]\n[turn]\nhost = \"turn.a.b:3478\"", "turn.host"},
+		{"[mail]\ndomains = [\"a.b\"]\n[turn]\nlifetime = \"12h\"", "turn.lifetime"},
+		{"[mail]\ndomains = [\"a.b\"]\n[turn]\nport = 0", "turn.port"},
+		{"[mail]\ndomains = [\"a.b\"]\n[turn]\nsecret_file = \"turn.secret\"", "turn.secret_file"},
+		{"[mail]\ndomains = [\"a.b\"]\n[turn]\nrealm = \"a\\\"b\"", "turn.realm"},
+		{"[mail]\ndomains = [\"a.b\"]\n[turn]\nhots = \"a.b\"", "turn.hots"},
 	} {
 		sec := daemonSection{Socket: "/run/x"}
 		_, err := Parse(c.text, "doveauth", &sec)
@@ -98,6 +124,8 @@ func TestExampleShowsTheDefaults(t *testing.T) {
 	want := Defaults()
 	want.Mail = c.Mail
 	want.Postgres.DSN = c.Postgres.DSN
+	// Derived from the first domain when left empty, as the example does.
+	want.Turn.Host, want.Turn.Realm = c.Mail.Domains[0], c.Mail.Domains[0]
 	if !reflect.DeepEqual(*c, want) {
 		t.Errorf("the example's common sections differ from the defaults:\nexample  %+v\ndefaults %+v", *c, want)
 	}
