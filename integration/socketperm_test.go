@@ -119,7 +119,7 @@ func probeAs(t *testing.T, u *user.User, paths []string) map[string]string {
 }
 
 // No local user reaches a socket of the stack: not doveauth's dict (password
-// hashes), not LMTP or the milter (delivery around the filter), not Dovecot's
+// hashes), not chatmail-metadata's (TURN credentials, device tokens), not LMTP or the milter (delivery around the filter), not Dovecot's
 // auth or userdb (password guessing, the list of accounts). The stack is
 // otherwise the one every other test uses, so they show it still works.
 func TestSocketsRefuseLocalUsers(t *testing.T) {
@@ -154,6 +154,10 @@ func TestSocketsRefuseLocalUsers(t *testing.T) {
 	if m := s.Env["MILTER_SOCKET"]; m != "" {
 		named[m] = "postfix"
 	}
+	// chatmail-metadata's dict: TURN credentials and device tokens of any
+	// account the connecting process names.
+	requireMetadata(t, s)
+	named[s.Env["METADATA_SOCKET"]] = "dovecot"
 	for p, group := range named {
 		fi, err := os.Stat(p)
 		if err != nil {

@@ -44,6 +44,12 @@ func Registration(mode string) Option {
 	return func(a *[]string) { *a = append(*a, "--registration", mode) }
 }
 
+// PushGateway sets the URL chatmail-metadata posts push notifications to
+// (a test's fake gateway). Without it a stack posts to a closed port.
+func PushGateway(url string) Option {
+	return func(a *[]string) { *a = append(*a, "--push-gateway", url) }
+}
+
 // Debian returns the Debian release whose Postfix and Dovecot the stacks
 // run: STACK_DEBIAN, by default 12.
 func Debian() string {

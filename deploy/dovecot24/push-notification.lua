@@ -1,0 +1,1 @@
+../dovecot/push-notification.lua
