@@ -9,11 +9,14 @@
 // (ms), and the CPU time the whole machine spent per operation (ms).
 // smtp-load is a steady load for a fixed time, counted per second, with a
 // process stopped for part of it (smtpLoad says what it prints).
+// turn-alloc makes TURN allocations (turnAlloc says what it prints).
 //
 //	chatmail-bench dict -socket PATH -user ADDR [-kind userdb|passdb -pass PW] [-n N] [-c CONC]
 //	chatmail-bench imap -addr HOST:PORT -user ADDR -pass PW [-n N] [-c CONC]
 //	chatmail-bench noop-milter -socket PATH    (a reference milter that accepts everything)
 //	chatmail-bench smtp -addr HOST:PORT -from ADDR -user ADDR -msg FILE [-dkim-key PEM -dkim-selector S] [-per-session K] [-maildir DIR] [-n N] [-c CONC]
+//	chatmail-bench turn-alloc -addr HOST:PORT -user USERNAME -pass PW [-n N] [-c CONC] [-trace]    (TURN allocations over UDP, each released)
+//	chatmail-bench turn-cred -secret-file PATH -expiry UNIXTIME    (prints "username password")
 //	chatmail-bench smtp-load -addr HOST:PORT -from ADDR -user ADDR -msg FILE [-dkim-key PEM -dkim-selector S] [-maildir DIR]
 //	        [-c CONC] [-rate SESSIONS/S] [-duration D] [-stop-pid PID -stop-at D -stop-for D] [-per-second FILE]
 package main
@@ -44,11 +47,11 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: chatmail-bench dict|imap|smtp|smtp-load|noop-milter [flags]")
+		fmt.Fprintln(os.Stderr, "usage: chatmail-bench dict|imap|smtp|smtp-load|noop-milter|turn-alloc|turn-cred [flags]")
 		os.Exit(2)
 	}
-	if os.Args[1] == "smtp-load" {
-		if err := smtpLoad(os.Args[2:]); err != nil {
+	if f, ok := map[string]func([]string) error{"smtp-load": smtpLoad, "turn-cred": turnCred, "turn-alloc": turnAlloc}[os.Args[1]]; ok {
+		if err := f(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
