@@ -1,7 +1,8 @@
 // Command chatmail-demo shows the chatmail server at work: it brings up a
 // private server (scripts/stack) in a fixed directory, has two real Delta
-// Chat clients create accounts, meet by SecureJoin and exchange messages,
-// then shows what the server holds about them: account rows, ciphertext
+// Chat clients create accounts, meet by SecureJoin, exchange messages and
+// get the server's TURN relay for calls, then shows what the server holds
+// about them: account rows, ciphertext
 // only, and no log line naming them under No-Log. The server keeps running
 // afterwards, so that a Delta Chat app can be pointed at it.
 //
@@ -68,6 +69,9 @@ func run(dir string) error {
 			return errors.New("interrupted")
 		}
 		return fmt.Errorf("%w (client warnings are in %s)", err, d.clientLog)
+	}
+	if err := d.call(); err != nil {
+		return err
 	}
 	if err := d.showServerView(); err != nil {
 		return err
@@ -350,6 +354,12 @@ func (d *demo) serverLogs() []string {
 	if d.s.Env["MILTER_SOCKET"] != "" {
 		logs = append(logs, "milter.log")
 	}
+	if d.s.Env["METADATA_SOCKET"] != "" {
+		logs = append(logs, "metadata.log")
+	}
+	if d.s.Env["TURN_PORT"] != "" {
+		logs = append(logs, "turnd.log")
+	}
 	return logs
 }
 
@@ -613,7 +623,7 @@ func excerpt(mail string) string {
 // showNoLog prints what the server logged while No-Log was on, and puts
 // the switch back as it was before the demo.
 func (d *demo) showNoLog() error {
-	say("While No-Log was on (Bob's account creation, SecureJoin, all messages):")
+	say("While No-Log was on (Bob's account creation, SecureJoin, all messages, the call's relay):")
 	for _, name := range d.serverLogs() {
 		lines, err := logSince(d.logPath(name), d.noLogFrom[name])
 		if err != nil {
