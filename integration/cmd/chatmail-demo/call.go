@@ -41,12 +41,12 @@ func (d *demo) call() error {
 	}
 	alice, err := d.relay(servers["Alice"])
 	if err != nil {
-		return fmt.Errorf("Alice's relay: %w", err)
+		return fmt.Errorf("the relay of Alice: %w", err)
 	}
 	defer alice.close()
 	bob, err := d.relay(servers["Bob"])
 	if err != nil {
-		return fmt.Errorf("Bob's relay: %w", err)
+		return fmt.Errorf("the relay of Bob: %w", err)
 	}
 	defer bob.close()
 	// Each side lets the other's relay in, as ICE does once it learns the
