@@ -78,10 +78,13 @@ type Spec[S Section] struct {
 
 // Env is what a daemon's Run gets.
 type Env struct {
-	Config   *config.Common
-	Log      *slog.Logger
-	NoLog    *logging.NoLog
-	Registry *prometheus.Registry
+	// ConfigPath is the file Config came from (-config), for a daemon
+	// that also reads another daemon's section of it.
+	ConfigPath string
+	Config     *config.Common
+	Log        *slog.Logger
+	NoLog      *logging.NoLog
+	Registry   *prometheus.Registry
 	// Panics is chatmail_<daemon>_panics_total; every server counts the
 	// panics it recovers there.
 	Panics prometheus.Counter
@@ -188,7 +191,7 @@ func run[S Section](spec Spec[S], path string) int {
 	reg := metrics.NewRegistry()
 	metrics.RegisterBuildInfo(reg, spec.Name)
 	env := &Env{
-		Config: cfg, Log: log, NoLog: nolog, Registry: reg,
+		ConfigPath: path, Config: cfg, Log: log, NoLog: nolog, Registry: reg,
 		Panics:       metrics.NewPanics(reg, spec.Name),
 		DrainTimeout: spec.DrainTimeout,
 	}
