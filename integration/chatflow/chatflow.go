@@ -85,17 +85,19 @@ func NewProfile(ctx context.Context, rpc *deltachat.RPC, s *stack.Stack, display
 
 // NewProfileVia is NewProfile with the profile's outgoing mail sent to
 // 127.0.0.1:smtpsPort (implicit TLS) instead of the stack's SMTPS port,
-// e.g. to a recording proxy; 0 means the stack's.
+// e.g. to a recording proxy; 0 means the stack's. The stack is reached at
+// its host (s.Host(): 127.0.0.1, or its network namespace's address).
 func NewProfileVia(ctx context.Context, rpc *deltachat.RPC, s *stack.Stack, displayName string, smtpsPort uint16) (*Profile, error) {
 	imaps, err := Port(s, "IMAPS_PORT")
 	if err != nil {
 		return nil, err
 	}
-	smtps := smtpsPort
+	smtps, smtpHost := smtpsPort, "127.0.0.1"
 	if smtps == 0 {
 		if smtps, err = Port(s, "SMTPS_PORT"); err != nil {
 			return nil, err
 		}
+		smtpHost = s.Host()
 	}
 	acc, err := rpc.AddAccount(ctx)
 	if err != nil {
@@ -108,10 +110,10 @@ func NewProfileVia(ctx context.Context, rpc *deltachat.RPC, s *stack.Stack, disp
 	err = acc.AddOrUpdateTransport(ctx, deltachat.TransportParams{
 		Addr:              p.Addr,
 		Password:          p.Password,
-		IMAPServer:        "127.0.0.1",
+		IMAPServer:        s.Host(),
 		IMAPPort:          imaps,
 		IMAPSecurity:      deltachat.SecuritySSL,
-		SMTPServer:        "127.0.0.1",
+		SMTPServer:        smtpHost,
 		SMTPPort:          smtps,
 		SMTPSecurity:      deltachat.SecuritySSL,
 		CertificateChecks: deltachat.CertificateChecksAcceptInvalid,

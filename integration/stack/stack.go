@@ -7,6 +7,10 @@
 // STACK_DEBIAN chooses the Postfix and Dovecot every stack runs: 12 (or
 // unset) the host's, 13 those of a Debian 13 tree (scripts/stack up
 // --debian 13; DEBIAN13_TREE names the tree's directory).
+//
+// Federation starts two stacks, each in a network namespace of its own with
+// its own address, that find each other through a DNS server and trust a
+// test CA (scripts/stack net up; up --netns): see net.go.
 package stack
 
 import (
@@ -153,7 +157,7 @@ func (s *Stack) Down() error {
 	}
 	for k, v := range s.Env {
 		if strings.HasSuffix(k, "_PORT") {
-			if c, err := net.DialTimeout("tcp", "127.0.0.1:"+v, 200*time.Millisecond); err == nil {
+			if c, err := net.DialTimeout("tcp", net.JoinHostPort(s.Host(), v), 200*time.Millisecond); err == nil {
 				c.Close()
 				return fmt.Errorf("after down, %s %s still accepts connections (files kept in %s)", k, v, s.Dir)
 			}
@@ -184,12 +188,23 @@ func ReadEnv(path string) (map[string]string, error) {
 	return env, sc.Err()
 }
 
-// Addr returns 127.0.0.1:<port> for an env key such as "IMAP_PORT".
+// Host returns the address the stack's servers listen on: 127.0.0.1, or
+// the address of its network namespace (STACK_HOST), which the root
+// namespace reaches.
+func (s *Stack) Host() string {
+	if h := s.Env["STACK_HOST"]; h != "" {
+		return h
+	}
+	return "127.0.0.1"
+}
+
+// Addr returns host:port for an env key such as "IMAP_PORT", host being
+// Host.
 func (s *Stack) Addr(key string) string {
 	if _, err := strconv.Atoi(s.Env[key]); err != nil {
 		panic("stack: no port " + key)
 	}
-	return "127.0.0.1:" + s.Env[key]
+	return net.JoinHostPort(s.Host(), s.Env[key])
 }
 
 // Run runs a scripts/stack subcommand on this stack, such as
