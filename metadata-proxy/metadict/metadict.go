@@ -24,28 +24,58 @@
 // Transactions (B/S/U/C; the user is B's):
 //
 //   - S /private/devicetoken adds or refreshes a token. A token must be
-//     printable ASCII without spaces, at most 8192 bytes
-//     (accounts.ValidDeviceToken); an account keeps 16, dropping the least
-//     recently set. A token not set for 90 days expires.
+//     printable ASCII without spaces, at most 6000 bytes
+//     (accounts.ValidDeviceToken; Delta Chat's are at most 5,472); an
+//     account keeps 8, dropping the least recently set. A token not set
+//     for 90 days expires.
 //   - S /private/messagenew (Dovecot's push_notification Lua driver on
 //     LMTP delivery) queues a push notification for each of the account's
-//     tokens (accounts.QueuePushes: at most one pending per token). Only
-//     on a connection whose dict name is DeliveryDictName, the one
+//     tokens (accounts.QueuePushes: at most one pending per token, and
+//     none within a token's cooldown after a push: see package push).
+//     Only on a connection whose dict name is DeliveryDictName, the one
 //     Dovecot's LMTP uses: from IMAP (SETMETADATA INBOX
-//     /private/messagenew, the same dict key) it fails like any other key,
-//     or any user could make the server POST to the gateway at will.
+//     /private/messagenew, the same dict key) it is dropped, or any user
+//     could make the server POST to the gateway at will.
 //   - U /private/devicetoken (SETMETADATA ... NIL) removes all of the
 //     account's tokens: the one key holds every device's, and a client
 //     that wants no more pushes must be able to say so. A device that
 //     still wants pushes sets its token again at its next IMAP session.
 //     (The reference relay ignores it.) U of any other key succeeds and
 //     does nothing: nothing else is stored.
-//   - S of any other key, and A, fail the whole commit (F): only the two
-//     keys above can be set; we store nothing else. So does a token that
-//     is not valid. A refused commit changes nothing: every operation is
-//     checked before the first is applied. (One that fails in PostgreSQL
-//     midway may have applied the operations before; each is harmless to
-//     repeat, and Dovecot's transactions hold one.)
+//   - What is not stored is dropped, and the commit still succeeds: S of
+//     any other key, A (atomic increment), a token that is not valid,
+//     messagenew from another dict name. Only the two keys above are
+//     kept. Not failing is deliberate: Dovecot logs every failed commit as
+//     an error ("Dict private transaction commit failed", and the client
+//     gets NO [SERVERBUG]), so any account could write error lines into
+//     the server's log without bound, No-Log or not. A dropped operation
+//     is counted (commits_total{result="dropped"},
+//     operations_dropped_total{reason}) and logged at Debug only. The
+//     other operations of the transaction apply.
+//   - A commit fails (F) only for trouble that passes: the store not yet
+//     migrated or unavailable (and a transaction without a user, which
+//     Dovecot does not send). Every operation is checked before the first
+//     is applied; one that fails in PostgreSQL midway may have applied the
+//     operations before, each harmless to repeat (Dovecot's transactions
+//     hold one).
+//
+// TURN credentials when none is left to issue (a day full: see
+// accounts.IssueTurnCredential): the answer is not found, and for
+// ExhaustedBackoff afterwards, server-wide, no lookup tries to issue one
+// (each try scans days of seconds, ~0.4 s of PostgreSQL under the
+// account's row lock): an account's credential still valid beyond the
+// reuse margin is handed out (accounts.TurnCredential, a plain read),
+// others get not found without more.
+//
+// Who may announce new mail: the dict name DeliveryDictName is a claim the
+// connecting process makes in its hello, not something checked. Anything
+// that can connect to the socket (the processes of group dovecot: every
+// imap and lmtp process, and whatever else runs as that group) can claim
+// it, and name any user in the transaction. What it stops is IMAP clients:
+// a SETMETADATA reaches the dict through an imap process, which says
+// "metadata" as Dovecot's config tells it, whatever the client does. The
+// boundary is the socket's permissions (socket_mode, socket_group): keep
+// it to Dovecot's group.
 //
 // Iterations (GETMETADATA DEPTH) are empty: nothing here is listed.
 //
@@ -61,6 +91,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"chatmail.dev/sidecar/accounts"
@@ -78,6 +109,7 @@ const DeliveryDictName = "metadata-delivery"
 // (*accounts.Store).
 type Store interface {
 	IssueTurnCredential(ctx context.Context, address string, now time.Time, lifetime time.Duration) (int64, error)
+	TurnCredential(ctx context.Context, address string, now time.Time) (int64, bool, error)
 	SetDeviceToken(ctx context.Context, address, token string, now time.Time) error
 	DeleteDeviceTokens(ctx context.Context, address string) error
 	DeviceTokens(ctx context.Context, address string, now time.Time) ([]string, error)
@@ -111,13 +143,20 @@ type Service struct {
 	Metrics *Metrics
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time
+
+	// exhaustedUntil (Unix nanoseconds): until then no TURN credential
+	// is issued, only handed out again.
+	exhaustedUntil atomic.Int64
 }
+
+// ExhaustedBackoff is how long after the store said no TURN credential is
+// left to issue (accounts.ErrTurnCredentialsExhausted) none is tried.
+const ExhaustedBackoff = time.Minute
 
 // Errors sent to Dovecot, which logs them: they name no one and no key.
 var (
 	errNotReady    = errors.New("metadata store not ready, try again later")
 	errUnavailable = errors.New("metadata store unavailable, try again later")
-	errReadOnly    = errors.New("only /private/devicetoken and /private/messagenew can be set")
 	errNoUser      = errors.New("a transaction without a user")
 )
 
@@ -177,7 +216,21 @@ func (s *Service) turn(ctx context.Context, user string) (string, bool, error) {
 	if !s.ready() {
 		return "", false, errNotReady
 	}
-	expiry, err := s.Store.IssueTurnCredential(ctx, user, s.now(), s.Turn.Lifetime)
+	now := s.now()
+	var expiry int64
+	var err error
+	if now.UnixNano() < s.exhaustedUntil.Load() {
+		// None left a moment ago: hand out what the account has, and try
+		// no issue, which would scan the full days again.
+		var ok bool
+		expiry, ok, err = s.Store.TurnCredential(ctx, user, now)
+		if err == nil && !ok {
+			s.Metrics.turnExhausted.Inc()
+			return "", false, nil
+		}
+	} else {
+		expiry, err = s.Store.IssueTurnCredential(ctx, user, now, s.Turn.Lifetime)
+	}
 	if errors.Is(err, accounts.ErrNotFound) {
 		s.Log.Debug("no TURN credential: no such account, or blocked", logging.User(user))
 		return "", false, nil
@@ -185,7 +238,9 @@ func (s *Service) turn(ctx context.Context, user string) (string, bool, error) {
 	if errors.Is(err, accounts.ErrTurnCredentialsExhausted) {
 		// Not found rather than a failure, which would fail the client's
 		// whole GETMETADATA: it falls back to its default ICE servers.
-		s.Log.Warn("no TURN credential left to issue: every second of the days a new one could expire on is taken (at most 86,400 a day)")
+		s.exhaustedUntil.Store(now.Add(ExhaustedBackoff).UnixNano())
+		s.Metrics.turnExhausted.Inc()
+		s.Log.Warn("no TURN credential left to issue: every second of the days a new one could expire on is taken (at most 86,400 a day); none issued for a minute")
 		return "", false, nil
 	}
 	if err != nil {
@@ -221,8 +276,10 @@ func (s *Service) Iterate(ctx context.Context, req dict.Iterate, emit func(key, 
 
 // Commit implements dict.Handler.
 func (s *Service) Commit(ctx context.Context, tx *dict.Tx) error {
-	err := s.commit(ctx, tx)
+	dropped, err := s.commit(ctx, tx)
 	switch {
+	case err == nil && dropped:
+		s.Metrics.commits.WithLabelValues(resultDropped).Inc()
 	case err == nil:
 		s.Metrics.commits.WithLabelValues(resultOK).Inc()
 	case errors.Is(err, errUnavailable) || errors.Is(err, errNotReady):
@@ -240,8 +297,16 @@ type change struct {
 	token string
 }
 
-func (s *Service) commit(ctx context.Context, tx *dict.Tx) error {
-	// Check everything first: a refused commit changes nothing.
+// drop counts and logs (at Debug: any account can repeat it at will) an
+// operation that is not stored.
+func (s *Service) drop(tx *dict.Tx, reason string, attrs ...any) {
+	s.Metrics.dropped.WithLabelValues(reason).Inc()
+	s.Log.Debug("metadata operation dropped", append([]any{"reason", reason, logging.User(tx.User)}, attrs...)...)
+}
+
+// commit applies a transaction; dropped says it dropped an operation.
+func (s *Service) commit(ctx context.Context, tx *dict.Tx) (dropped bool, _ error) {
+	// Check everything first: a failed commit changes nothing.
 	changes := make([]change, 0, len(tx.Ops))
 	for _, op := range tx.Ops {
 		key := ParseKey(op.Key)
@@ -252,30 +317,35 @@ func (s *Service) commit(ctx context.Context, tx *dict.Tx) error {
 			// Nothing else is stored: nothing to remove.
 		case op.Kind == dict.OpSet && key == KeyDeviceToken:
 			if !accounts.ValidDeviceToken(op.Value) {
-				s.Log.Info("device token refused", logging.User(tx.User), "length", len(op.Value))
-				return accounts.ErrDeviceToken
+				s.drop(tx, dropToken, "length", len(op.Value))
+				dropped = true
+				continue
 			}
 			changes = append(changes, change{key: key, token: op.Value})
 		case op.Kind == dict.OpSet && key == KeyMessageNew:
 			if tx.Hello == nil || tx.Hello.DictName != DeliveryDictName {
 				// An IMAP client can SETMETADATA this key too, and would
 				// make us POST at will, without mail.
-				return errReadOnly
+				s.drop(tx, dropMessageNew)
+				dropped = true
+				continue
 			}
 			changes = append(changes, change{key: key})
 		default:
-			return errReadOnly
+			// S of a key not stored, A: nothing else is kept.
+			s.drop(tx, dropKey, "key", key.String())
+			dropped = true
 		}
 	}
 	if len(changes) == 0 || !s.Push {
-		return nil
+		return dropped, nil
 	}
 	u := user(tx.User)
 	if u == "" {
-		return errNoUser
+		return dropped, errNoUser
 	}
 	if !s.ready() {
-		return errNotReady
+		return dropped, errNotReady
 	}
 	now := s.now()
 	queued, asked := false, false
@@ -285,7 +355,8 @@ func (s *Service) commit(ctx context.Context, tx *dict.Tx) error {
 		case c.key == KeyDeviceToken && c.unset:
 			err = s.Store.DeleteDeviceTokens(ctx, u)
 			if err == nil {
-				s.Log.Info("device tokens removed", logging.User(u))
+				// Debug: any account can repeat it at will.
+				s.Log.Debug("device tokens removed", logging.User(u))
 			}
 		case c.key == KeyDeviceToken:
 			err = s.Store.SetDeviceToken(ctx, u, c.token, now)
@@ -305,16 +376,16 @@ func (s *Service) commit(ctx context.Context, tx *dict.Tx) error {
 		}
 		if errors.Is(err, accounts.ErrNotFound) {
 			// The account went while its session lasted: nothing to keep.
-			s.Log.Info("metadata of a missing account dropped", logging.User(u))
-			return nil
+			s.drop(tx, dropAccount)
+			return true, nil
 		}
 		if err != nil {
 			s.Log.Warn("storing metadata failed", logging.User(u), "err", err)
-			return errUnavailable
+			return dropped, errUnavailable
 		}
 	}
 	if queued && s.Queued != nil {
 		s.Queued()
 	}
-	return nil
+	return dropped, nil
 }

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"chatmail.dev/sidecar/accounts"
 	"chatmail.dev/sidecar/dict"
 	"chatmail.dev/sidecar/pgtest"
@@ -35,6 +37,12 @@ type fakeStore struct {
 	expiry  int64
 	missing map[string]bool // accounts that do not exist or are blocked
 	fail    error
+	// issue, if set, answers IssueTurnCredential; issued and read count
+	// the calls of IssueTurnCredential and TurnCredential.
+	issue        func(address string) (int64, error)
+	issued, read int
+	// have holds the credentials TurnCredential hands out again.
+	have map[string]int64
 }
 
 func newFake() *fakeStore {
@@ -50,7 +58,25 @@ func (f *fakeStore) IssueTurnCredential(_ context.Context, address string, _ tim
 	if f.missing[address] {
 		return 0, accounts.ErrNotFound
 	}
+	f.issued++
+	if f.issue != nil {
+		return f.issue(address)
+	}
 	return f.expiry, nil
+}
+
+func (f *fakeStore) TurnCredential(_ context.Context, address string, _ time.Time) (int64, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != nil {
+		return 0, false, f.fail
+	}
+	if f.missing[address] {
+		return 0, false, accounts.ErrNotFound
+	}
+	f.read++
+	e, ok := f.have[address]
+	return e, ok, nil
 }
 
 func (f *fakeStore) SetDeviceToken(_ context.Context, address, tok string, _ time.Time) error {
@@ -246,8 +272,9 @@ func TestDeviceTokenTransactions(t *testing.T) {
 		"B2\t"+alice+"\t0\nS2\t"+tok+"\t2222\nS2\t"+tok+"\t1111\nC2\n"+
 		"L"+tok+"\t"+alice+"\n"+
 		"L"+tok+"\t"+bob+"\n"+
-		// Only devicetoken and messagenew can be set; a refused commit
-		// changes nothing.
+		// Only devicetoken and messagenew are stored; the rest is dropped,
+		// the commit answered OK (a failure would make Dovecot log an
+		// error, at the client's will), and the other operations apply.
 		"B3\t"+alice+"\t0\nS3\t"+tok+"\t3333\nS3\tpriv/"+guid+"/comment\tx\nC3\n"+
 		"B4\t"+alice+"\t0\nS4\t"+server+"comment\tmine\nC4\n"+
 		"B5\t"+alice+"\t0\nA5\t"+tok+"\t1\nC5\n"+
@@ -263,17 +290,29 @@ func TestDeviceTokenTransactions(t *testing.T) {
 		"B11\t"+alice+"\t0\nU11\t"+tok+"\nC11\n"+
 		"L"+tok+"\t"+alice+"\n"+
 		"I9\t0\tpriv/"+guid+"/\t"+alice+"\n", 17)
-	refused := "F%s\t" + errReadOnly.Error()
-	badToken := "F%s\t" + accounts.ErrDeviceToken.Error()
 	want := []string{"O1", "O2", "O1111 2222", "O",
-		strings.Replace(refused, "%s", "3", 1), strings.Replace(refused, "%s", "4", 1), strings.Replace(refused, "%s", "5", 1),
-		strings.Replace(badToken, "%s", "6", 1), strings.Replace(badToken, "%s", "7", 1), strings.Replace(badToken, "%s", "8", 1),
-		"O1111 2222", "O9", "O10", "O1111 2222", "O11", "O", ""}
+		"O3", "O4", "O5", "O6", "O7", "O8",
+		"O1111 2222 3333", "O9", "O10", "O1111 2222 3333", "O11", "O", ""}
 	if !slices.Equal(got, want) {
 		t.Errorf("replies\n%q\nwant\n%q", got, want)
 	}
 	if st.queued[alice] != 1 || woken != 1 {
 		t.Errorf("new mail: queued %d, worker woken %d; want 1, 1", st.queued[alice], woken)
+	}
+	m := s.Metrics
+	for _, c := range []struct {
+		name      string
+		got, want float64
+	}{
+		{"commits ok", testutil.ToFloat64(m.commits.WithLabelValues(resultOK)), 5},
+		{"commits dropped", testutil.ToFloat64(m.commits.WithLabelValues(resultDropped)), 6},
+		{"commits refused", testutil.ToFloat64(m.commits.WithLabelValues(resultRefused)), 0},
+		{"keys dropped", testutil.ToFloat64(m.dropped.WithLabelValues(dropKey)), 3},
+		{"tokens dropped", testutil.ToFloat64(m.dropped.WithLabelValues(dropToken)), 3},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, c.got, c.want)
+		}
 	}
 }
 
@@ -332,7 +371,7 @@ func TestPushOff(t *testing.T) {
 		"B2\t"+alice+"\t0\nS2\tpriv/"+guid+"/messagenew\t\nC2\n"+
 		"Lpriv/"+guid+"/devicetoken\t"+alice+"\n"+
 		"B3\t"+alice+"\t0\nS3\tpriv/"+guid+"/other\tx\nC3\n", 4)
-	if want := []string{"O1", "O2", "O", "F3\t" + errReadOnly.Error()}; !slices.Equal(got, want) {
+	if want := []string{"O1", "O2", "O", "O3"}; !slices.Equal(got, want) {
 		t.Errorf("replies %q, want %q", got, want)
 	}
 	if len(st.tokens) != 0 || len(st.queued) != 0 {
@@ -444,14 +483,17 @@ func TestWithStore(t *testing.T) {
 
 // An IMAP client's SETMETADATA INBOX (/private/messagenew "") reaches the
 // dict as the same key LMTP's Lua sets: only LMTP's dict name may queue.
+// From another it is dropped, and the commit answered OK, so that Dovecot
+// logs no error.
 func TestMessageNewOnlyFromDelivery(t *testing.T) {
 	st := newFake()
 	st.tokens[alice] = []string{"openpgp:tok"}
-	sock := serve(t, newService(st, nil))
+	s := newService(st, nil)
+	sock := serve(t, s)
 	for _, hello := range []string{hello23, hello24} {
 		got := session(t, sock, hello+"B1\t"+alice+"\t0\nS1\tpriv/"+guid+"/messagenew\t\nC1\n", 1)
-		if !strings.HasPrefix(got[0], "F1") {
-			t.Errorf("%q: messagenew from IMAP's dict name: %q, want a failure", hello, got)
+		if got[0] != "O1" {
+			t.Errorf("%q: messagenew from IMAP's dict name: %q, want O1 (dropped)", hello, got)
 		}
 	}
 	st.mu.Lock()
@@ -459,6 +501,9 @@ func TestMessageNewOnlyFromDelivery(t *testing.T) {
 	st.mu.Unlock()
 	if n != 0 {
 		t.Errorf("queued %d pushes from IMAP", n)
+	}
+	if d := testutil.ToFloat64(s.Metrics.dropped.WithLabelValues(dropMessageNew)); d != 2 {
+		t.Errorf("dropped messagenew counted %v, want 2", d)
 	}
 	if got := session(t, sock, helloLMTP+"B1\t"+alice+"\t0\nS1\tpriv/"+guid+"/messagenew\t\nC1\n", 1); got[0] != "O1" {
 		t.Errorf("messagenew from LMTP: %q", got)
@@ -468,5 +513,83 @@ func TestMessageNewOnlyFromDelivery(t *testing.T) {
 	st.mu.Unlock()
 	if n != 1 {
 		t.Errorf("queued %d pushes from LMTP, want 1", n)
+	}
+}
+
+// What is dropped is logged at Debug only: no line above it, whatever a
+// client sends, so that no account can fill the log.
+func TestDroppedQuiet(t *testing.T) {
+	var buf strings.Builder
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return buf.Write(p)
+	}), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	st := newFake()
+	st.missing[bob] = true
+	sock := serve(t, newService(st, log))
+	tok := "priv/" + guid + "/devicetoken"
+	got := session(t, sock, hello24+
+		"B1\t"+alice+"\t0\nS1\tpriv/"+guid+"/comment\tx\nC1\n"+
+		"B2\t"+alice+"\t0\nA2\t"+tok+"\t1\nC2\n"+
+		"B3\t"+alice+"\t0\nS3\t"+tok+"\tbad token\nC3\n"+
+		"B4\t"+alice+"\t0\nS4\tpriv/"+guid+"/messagenew\t\nC4\n"+
+		"B5\t"+alice+"\t0\nU5\t"+tok+"\nC5\n"+
+		"B6\t"+bob+"\t0\nS6\t"+tok+"\tgood\nC6\n", 6)
+	if want := []string{"O1", "O2", "O3", "O4", "O5", "O6"}; !slices.Equal(got, want) {
+		t.Errorf("replies %q, want %q", got, want)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if buf.Len() > 0 {
+		t.Errorf("logged above Debug:\n%s", buf.String())
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// When no TURN credential is left to issue, turn is not found, and for
+// ExhaustedBackoff no lookup tries to issue one, server-wide: an account
+// with a credential to hand out again still gets it.
+func TestTurnExhausted(t *testing.T) {
+	st := newFake()
+	st.issue = func(string) (int64, error) { return 0, accounts.ErrTurnCredentialsExhausted }
+	st.have = map[string]int64{bob: 1800000000}
+	s := newService(st, nil)
+	now := time.Date(2026, 11, 29, 18, 30, 0, 0, time.UTC)
+	var mu sync.Mutex
+	s.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	sock := serve(t, s)
+	turn := "L" + server + "vendor/deltachat/turn\t"
+	got := session(t, sock, hello24+turn+alice+"\n"+turn+alice+"\n"+turn+"carol@example.org\n"+turn+bob+"\n", 4)
+	want := turncred.Value("chat.example.org", 3478, 1800000000, turncred.Password(secret, "1800000000"))
+	if w := []string{"N", "N", "N", "O" + want}; !slices.Equal(got, w) {
+		t.Errorf("exhausted: %q, want %q", got, w)
+	}
+	st.mu.Lock()
+	if st.issued != 1 || st.read != 3 {
+		t.Errorf("the store was asked to issue %d times, read %d; want 1 and 3 (one try a minute)", st.issued, st.read)
+	}
+	st.mu.Unlock()
+	if n := testutil.ToFloat64(s.Metrics.turnExhausted); n != 3 {
+		t.Errorf("turn_exhausted_total %v, want 3", n)
+	}
+	// A minute later it tries again, and issues when it can.
+	mu.Lock()
+	now = now.Add(ExhaustedBackoff)
+	mu.Unlock()
+	st.mu.Lock()
+	st.issue = nil
+	st.mu.Unlock()
+	if got := session(t, sock, hello24+turn+alice+"\n", 1); got[0] != "O"+want {
+		t.Errorf("after the backoff: %q", got)
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.issued != 2 {
+		t.Errorf("issued %d, want a second try after the backoff", st.issued)
 	}
 }

@@ -8,12 +8,25 @@
 // lease ends. Each notification is one POST of the raw token to the
 // gateway (the reference relay's protocol):
 //
-//   - 200: done, the row goes;
+//   - 200: done;
 //   - 410 Gone: the gateway cannot use the token any more; the token goes,
 //     with its row;
-//   - anything else, or no answer within PostTimeout: retried after 8 s,
-//     64 s, 512 s, then every hour (8 s × 8^n, at most an hour), and given
-//     up GiveUp after it was first queued.
+//   - any other 4xx but 408 and 429: the gateway will never take this
+//     notification: it is dropped at once (done, not retried);
+//   - anything else (5xx, 408, 429, another status), or no answer within
+//     PostTimeout: retried after 8 s, 64 s, 512 s, then every hour
+//     (8 s × 8^n, at most an hour), and given up GiveUp after it was first
+//     queued.
+//
+// After a notification is done (200, or dropped for good) its token is
+// not posted again for Cooldown (push_cooldown, 30 s by default): the row
+// stays until the cooldown ends, and new mail meanwhile makes one
+// notification then, delayed, never dropped (accounts.PushDone). However
+// much mail comes, from whichever server, a token is thus posted at most
+// once a cooldown, besides the retries of a notification the gateway did
+// not take (one at a time, on the delays above); an account has at most 8
+// tokens (accounts.MaxDeviceTokens) of at most 6000 bytes. Nothing
+// outlives the cooldown: no time a token was last posted is kept.
 //
 // The worker sleeps until the next row is due (at most PollInterval, for
 // rows other processes queue), and Wake starts it at once. On shutdown it
@@ -43,7 +56,7 @@ import (
 // Queue is what the worker needs of the store (*accounts.Store).
 type Queue interface {
 	ClaimPushes(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]accounts.Push, error)
-	PushDelivered(ctx context.Context, p accounts.Push, now time.Time) error
+	PushDone(ctx context.Context, p accounts.Push, now time.Time, cooldown time.Duration) error
 	PushGone(ctx context.Context, p accounts.Push) error
 	RetryPush(ctx context.Context, p accounts.Push, at time.Time) error
 	DropPush(ctx context.Context, p accounts.Push) error
@@ -64,6 +77,8 @@ const (
 	// n+1-th failure, at most MaxDelay.
 	BaseDelay = 8 * time.Second
 	MaxDelay  = time.Hour
+	// DefaultCooldown is push_cooldown's default.
+	DefaultCooldown = 30 * time.Second
 	// settleTimeout bounds recording an attempt's result.
 	settleTimeout = 5 * time.Second
 	// maxAnswer is how much of the gateway's answer is read, so that the
@@ -81,6 +96,9 @@ type Worker struct {
 	Concurrency int
 	// GiveUp is how long after first queued a notification is dropped.
 	GiveUp time.Duration
+	// Cooldown is how long a token is not posted again after a
+	// notification is done; zero: none.
+	Cooldown time.Duration
 	// Ready reports whether the store is migrated; nil: always.
 	Ready   func() bool
 	Log     *slog.Logger
@@ -209,9 +227,19 @@ func (w *Worker) untilDue(ctx context.Context) time.Duration {
 const (
 	outcomeDelivered = "delivered"
 	outcomeGone      = "gone"
-	outcomeFailed    = "failed" // an answer other than 200 or 410
-	outcomeError     = "error"  // no answer
+	outcomeRefused   = "refused" // a 4xx other than 408, 410 and 429: for good
+	outcomeFailed    = "failed"  // another answer: retried
+	outcomeError     = "error"   // no answer
 )
+
+// permanent reports whether the gateway's status refuses a notification
+// for good: a 4xx but 408 (timeout), 429 (too many requests) and 410
+// (gone: the token, not the notification). Retrying it would get the same
+// answer, 8 times over 5 hours.
+func permanent(status int) bool {
+	return status >= 400 && status < 500 &&
+		status != http.StatusRequestTimeout && status != http.StatusTooManyRequests && status != http.StatusGone
+}
 
 // attempt posts one notification and records the result. It does not
 // stop for the worker's shutdown: the POST is bounded by PostTimeout.
@@ -227,6 +255,8 @@ func (w *Worker) attempt(p accounts.Push) {
 		outcome = outcomeDelivered
 	case status == http.StatusGone:
 		outcome = outcomeGone
+	case permanent(status):
+		outcome = outcomeRefused
 	}
 	w.Metrics.attempts.WithLabelValues(outcome).Inc()
 
@@ -236,7 +266,12 @@ func (w *Worker) attempt(p accounts.Push) {
 	var serr error
 	switch outcome {
 	case outcomeDelivered:
-		serr = w.Queue.PushDelivered(ctx, p, now)
+		serr = w.Queue.PushDone(ctx, p, now, w.Cooldown)
+	case outcomeRefused:
+		// Done too: the token cools down as after a delivery, so that a
+		// token the gateway refuses is not posted at the rate of mail.
+		w.Log.Info("push gateway refused a notification for good, dropped", "status", status)
+		serr = w.Queue.PushDone(ctx, p, now, w.Cooldown)
 	case outcomeGone:
 		w.Log.Info("push gateway says a device token is gone, removing it")
 		serr = w.Queue.PushGone(ctx, p)
@@ -287,7 +322,7 @@ func (w *Worker) post(token string) (int, error) {
 	}
 	_, err = io.Copy(io.Discard, io.LimitReader(resp.Body, maxAnswer))
 	resp.Body.Close()
-	if err != nil && resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusGone {
+	if err != nil && resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusGone && !permanent(resp.StatusCode) {
 		return resp.StatusCode, redact(err)
 	}
 	return resp.StatusCode, nil
@@ -348,7 +383,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: prefix + "push_attempts_total",
-			Help: "POSTs to the push gateway by outcome: delivered (200), gone (410, token removed), failed (another status), error (no answer).",
+			Help: "POSTs to the push gateway by outcome: delivered (200), gone (410, token removed), refused (another 4xx but 408 and 429, dropped), failed (another status, retried), error (no answer, retried).",
 		}, []string{"outcome"}),
 		givenUp: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: prefix + "pushes_given_up_total",
@@ -361,7 +396,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.attempts, m.givenUp, m.duration)
-	for _, o := range []string{outcomeDelivered, outcomeGone, outcomeFailed, outcomeError} {
+	for _, o := range []string{outcomeDelivered, outcomeGone, outcomeRefused, outcomeFailed, outcomeError} {
 		m.attempts.WithLabelValues(o)
 	}
 	return m

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"chatmail.dev/metadata-proxy/push"
 	"chatmail.dev/sidecar/config"
 )
 
@@ -39,6 +40,10 @@ type Config struct {
 	PushGiveUp config.Duration `toml:"push_give_up"`
 	// PushConcurrency is how many POSTs may be in flight at once.
 	PushConcurrency int `toml:"push_concurrency"`
+	// PushCooldown is how long a token is not posted again after a
+	// notification: mail meanwhile gets one push when it ends (push).
+	// Zero: none.
+	PushCooldown config.Duration `toml:"push_cooldown"`
 }
 
 // DefaultConfig returns the defaults of the [metadata-proxy] section.
@@ -51,6 +56,7 @@ func DefaultConfig() Config {
 		PushGateway:       "https://notifications.delta.chat/notify",
 		PushGiveUp:        config.Duration(5 * time.Hour),
 		PushConcurrency:   4,
+		PushCooldown:      config.Duration(push.DefaultCooldown),
 	}
 }
 
@@ -80,6 +86,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PushConcurrency < 1 || c.PushConcurrency > 64 {
 		return &config.Error{Key: "push_concurrency", Msg: "must be 1 to 64"}
+	}
+	if c.PushCooldown < 0 || c.PushCooldown > config.Duration(time.Hour) {
+		return &config.Error{Key: "push_cooldown", Msg: "must be 0s to 1h"}
 	}
 	return config.CheckLoopback("metrics", c.Metrics)
 }

@@ -62,7 +62,7 @@ func Run(ctx context.Context, env *daemon.Env, cfg *Config) error {
 	if svc.Push {
 		w := &push.Worker{
 			Queue: store, Gateway: cfg.PushGateway, Concurrency: cfg.PushConcurrency,
-			GiveUp: cfg.PushGiveUp.D(), Ready: ready.Load, Log: env.Log, Metrics: push.NewMetrics(env.Registry),
+			GiveUp: cfg.PushGiveUp.D(), Cooldown: cfg.PushCooldown.D(), Ready: ready.Load, Log: env.Log, Metrics: push.NewMetrics(env.Registry),
 		}
 		svc.Queued = w.Wake
 		background.Go(func() { w.Run(ctx) })

@@ -63,6 +63,9 @@ func TestConfig(t *testing.T) {
 		{"push_give_up", func(c *Config) { c.PushGiveUp = 0 }, false},
 		{"push_concurrency", func(c *Config) { c.PushConcurrency = 0 }, false},
 		{"push_concurrency", func(c *Config) { c.PushConcurrency = 65 }, false},
+		{"push_cooldown", func(c *Config) { c.PushCooldown = 0 }, true},
+		{"push_cooldown", func(c *Config) { c.PushCooldown = -1 }, false},
+		{"push_cooldown", func(c *Config) { c.PushCooldown = config.Duration(2 * time.Hour) }, false},
 	} {
 		cfg := DefaultConfig()
 		c.set(&cfg)
@@ -103,6 +106,7 @@ secret_file = %q
 [metadata-proxy]
 socket = %q
 push_gateway = %q
+push_cooldown = "1s"
 irohrelay = "https://chat.example.org"
 `, dsn, filepath.Join(dir, "turn.secret"), sock, gw.URL+"/notify")
 	cfg := DefaultConfig()
@@ -186,7 +190,7 @@ irohrelay = "https://chat.example.org"
 	}
 	stop = run()
 	defer stop()
-	waitFor(t, "delivery after the restart", func() bool {
+	waitFor(t, "delivery after the restart, and the end of its cooldown", func() bool {
 		_, ok, err := store.NextPushDue(ctx)
 		return err == nil && !ok
 	})

@@ -258,7 +258,7 @@ func (s *Sender) deliverSMTP(ctx context.Context, job smtpJob) ([]Reply, error) 
 		return nil, err
 	}
 	// Only this reply acknowledges the message.
-	code, lines, err = c.cmd("")
+	_, lines, err = c.cmd("")
 	if err != nil {
 		return nil, err
 	}

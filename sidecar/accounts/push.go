@@ -11,16 +11,19 @@ import (
 
 // Device tokens and the push queue (metadata-proxy). A token is opaque:
 // the push gateway alone can read it. What is kept per account is bounded
-// (MaxDeviceTokens, MaxDeviceTokenLength, one pending notification per
-// token), so that an account cannot grow the database or make the server
-// post without bound.
+// (MaxDeviceTokens, MaxDeviceTokenLength, one queue row per token), and
+// so is how often a token is posted (the cooldown of PushDone), so that an
+// account, or mail from anyone to it, cannot grow the database or make the
+// server post without bound.
 const (
 	// MaxDeviceTokens is how many tokens an account keeps; setting one
-	// more drops the least recently set.
-	MaxDeviceTokens = 16
+	// more drops the least recently set. Each is posted on new mail: a
+	// mail to 50 recipients makes at most 400 POSTs, then none per token
+	// until its cooldown ends.
+	MaxDeviceTokens = 8
 	// MaxDeviceTokenLength bounds a token in bytes. Delta Chat sends
-	// "openpgp:" and the base64 of at most 4096 bytes.
-	MaxDeviceTokenLength = 8192
+	// "openpgp:" and the base64 of at most 4096 bytes: 5,472.
+	MaxDeviceTokenLength = 6000
 	// DeviceTokenLifetime is how long a token lives after it was last
 	// set. Delta Chat sets its token at every IMAP session, so a token
 	// this old belongs to a device that stopped using the account.
@@ -109,20 +112,26 @@ func (s *Store) PruneDeviceTokens(ctx context.Context, now time.Time) (int64, er
 }
 
 // QueuePushes queues a notification for each live token of an account
-// that has none pending, and asks for one more of those whose
-// notification is being posted right now (the new mail may have come
-// after the gateway was told). It returns how many tokens it queued or
-// asked again for.
+// that has no row in the queue, and asks for one more for those whose
+// notification is being posted right now (the new mail may have come after
+// the gateway was told) or that are cooling down after one (PushDone):
+// that one is posted when the cooldown ends. A token with a notification
+// pending already gets nothing more. It returns how many tokens it queued
+// or asked again for.
 func (s *Store) QueuePushes(ctx context.Context, address string, now time.Time) (int64, error) {
+	// A cooling row's queued_at becomes the time of the mail it now
+	// waits for: push_give_up counts from there.
 	tag, err := s.pool.Exec(ctx, `INSERT INTO push_queue (token_id, queued_at, next_attempt)
 		SELECT id, $2, $2 FROM device_tokens WHERE address = $1 AND last_set >= $3
-		ON CONFLICT (token_id) DO UPDATE SET again = true WHERE push_queue.in_flight AND NOT push_queue.again`,
+		ON CONFLICT (token_id) DO UPDATE SET again = true,
+			queued_at = CASE WHEN push_queue.cooling THEN EXCLUDED.queued_at ELSE push_queue.queued_at END
+		WHERE (push_queue.in_flight OR push_queue.cooling) AND NOT push_queue.again`,
 		address, now, tokenCutoff(now))
 	return tag.RowsAffected(), err
 }
 
 // Push is a notification a worker claimed: it posts Token, then settles
-// the claim with PushDelivered, PushGone, RetryPush or DropPush.
+// the claim with PushDone, PushGone, RetryPush or DropPush.
 type Push struct {
 	TokenID int64
 	Claim   int64
@@ -136,12 +145,20 @@ type Push struct {
 // ClaimPushes claims up to limit notifications due at now that no other
 // worker holds, for lease: until now+lease no one else claims them, and
 // after it anyone may (the holder died). Rows other workers are claiming
-// are skipped, not waited for.
+// are skipped, not waited for. Cooldowns that ended with no new mail
+// meanwhile end here: their rows go, without a POST.
 func (s *Store) ClaimPushes(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]Push, error) {
+	// FOR UPDATE rechecks the condition on a row that new mail changed
+	// meanwhile: a cooldown that QueuePushes just asked again for stays.
+	if _, err := s.pool.Exec(ctx, `DELETE FROM push_queue WHERE token_id IN (
+			SELECT token_id FROM push_queue WHERE next_attempt <= $1 AND cooling AND NOT again
+			FOR UPDATE SKIP LOCKED)`, now); err != nil {
+		return nil, err
+	}
 	rows, err := s.pool.Query(ctx, `WITH due AS (
-			SELECT token_id FROM push_queue WHERE next_attempt <= $1
+			SELECT token_id FROM push_queue WHERE next_attempt <= $1 AND (again OR NOT cooling)
 			ORDER BY next_attempt LIMIT $3 FOR UPDATE SKIP LOCKED)
-		UPDATE push_queue q SET next_attempt = $2, claim = q.claim + 1, in_flight = true
+		UPDATE push_queue q SET next_attempt = $2, claim = q.claim + 1, in_flight = true, cooling = false, again = false
 		FROM due, device_tokens t WHERE q.token_id = due.token_id AND t.id = q.token_id
 		RETURNING q.token_id, q.claim, t.token, q.attempts, q.queued_at`,
 		now, now.Add(lease), limit)
@@ -155,14 +172,15 @@ func (s *Store) ClaimPushes(ctx context.Context, now time.Time, lease time.Durat
 	})
 }
 
-// PushDelivered settles a claim whose notification the gateway took: the
-// row goes, unless new mail asked for one more meanwhile; then it is due
-// again at now, as a new notification.
-func (s *Store) PushDelivered(ctx context.Context, p Push, now time.Time) error {
-	_, err := s.pool.Exec(ctx, `WITH gone AS (
-			DELETE FROM push_queue WHERE token_id = $1 AND claim = $2 AND NOT again RETURNING 1)
-		UPDATE push_queue SET again = false, in_flight = false, attempts = 0, queued_at = $3, next_attempt = $3
-		WHERE token_id = $1 AND claim = $2 AND again`, p.TokenID, p.Claim, now)
+// PushDone settles a claim whose notification is over: the gateway took
+// it, or refused it for good. The token is not posted again for cooldown:
+// its row stays, as a marker, until now+cooldown. New mail meanwhile
+// (QueuePushes) makes it one notification, due when the cooldown ends;
+// without any, the row goes then (ClaimPushes). Nothing outlives the
+// cooldown: the store keeps no time a token was last posted.
+func (s *Store) PushDone(ctx context.Context, p Push, now time.Time, cooldown time.Duration) error {
+	_, err := s.pool.Exec(ctx, `UPDATE push_queue SET in_flight = false, cooling = true, attempts = 0, queued_at = $3, next_attempt = $4
+		WHERE token_id = $1 AND claim = $2`, p.TokenID, p.Claim, now, now.Add(max(cooldown, 0)))
 	return err
 }
 
@@ -173,21 +191,23 @@ func (s *Store) PushGone(ctx context.Context, p Push) error {
 	return err
 }
 
-// RetryPush settles a failed claim: the next attempt is at at.
+// RetryPush settles a failed claim: the next attempt is at at. New mail
+// while it was in flight needs nothing more: the retry tells the gateway.
 func (s *Store) RetryPush(ctx context.Context, p Push, at time.Time) error {
 	_, err := s.pool.Exec(ctx, `UPDATE push_queue SET next_attempt = $3, attempts = attempts + 1, in_flight = false, again = false
 		WHERE token_id = $1 AND claim = $2`, p.TokenID, p.Claim, at)
 	return err
 }
 
-// DropPush settles a claim by giving the notification up.
+// DropPush settles a claim by giving the notification up: the row goes.
 func (s *Store) DropPush(ctx context.Context, p Push) error {
 	_, err := s.pool.Exec(ctx, `DELETE FROM push_queue WHERE token_id = $1 AND claim = $2`, p.TokenID, p.Claim)
 	return err
 }
 
-// NextPushDue returns the due time of the earliest notification, and
-// false when none is queued.
+// NextPushDue returns when a worker has something to do next (a
+// notification due, a lease or a cooldown ending), and false when the
+// queue is empty.
 func (s *Store) NextPushDue(ctx context.Context) (time.Time, bool, error) {
 	var t *time.Time
 	if err := s.pool.QueryRow(ctx, `SELECT min(next_attempt) FROM push_queue`).Scan(&t); err != nil || t == nil {

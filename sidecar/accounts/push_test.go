@@ -2,6 +2,7 @@ package accounts_test
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"slices"
@@ -108,6 +109,33 @@ func TestDeviceTokensBounded(t *testing.T) {
 	}
 }
 
+// The bounds themselves: 8 tokens an account, 6000 bytes a token, which
+// holds Delta Chat's longest ("openpgp:" and the base64 of 4096 bytes).
+func TestDeviceTokenBounds(t *testing.T) {
+	ctx := context.Background()
+	s, _ := pgtest.Store(t)
+	create(t, s, "alice@chat.test")
+	now := time.Date(2026, 11, 29, 18, 30, 0, 0, time.UTC)
+	deltachat := "openpgp:" + base64.StdEncoding.EncodeToString(make([]byte, 4096))
+	if len(deltachat) != 5472 || !accounts.ValidDeviceToken(deltachat) {
+		t.Errorf("Delta Chat's longest token (%d bytes) refused", len(deltachat))
+	}
+	if !accounts.ValidDeviceToken(strings.Repeat("x", 6000)) || accounts.ValidDeviceToken(strings.Repeat("x", 6001)) {
+		t.Error("the bound of a token is not 6000 bytes")
+	}
+	for i := range 12 {
+		if err := s.SetDeviceToken(ctx, "alice@chat.test", fmt.Sprint("tok", i), now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := tokensOf(t, s, "alice@chat.test", now); len(got) != 8 || got[0] != "tok4" {
+		t.Errorf("after 12 tokens the account keeps %q, want the last 8", got)
+	}
+	if n, err := s.QueuePushes(ctx, "alice@chat.test", now); err != nil || n != 8 {
+		t.Errorf("new mail queued %d (%v), want 8", n, err)
+	}
+}
+
 // A token expires DeviceTokenLifetime after it was last set: invisible
 // at once, removed by PruneDeviceTokens.
 func TestDeviceTokensExpire(t *testing.T) {
@@ -191,8 +219,8 @@ func TestPushQueue(t *testing.T) {
 	for _, p := range ps {
 		byToken[p.Token] = p
 	}
-	// a1 delivered; a2 failed, retried in 8 s.
-	if err := s.PushDelivered(ctx, byToken["a1"], now.Add(time.Second)); err != nil {
+	// a1 delivered, cooling down for 30 s; a2 failed, retried in 8 s.
+	if err := s.PushDone(ctx, byToken["a1"], now.Add(time.Second), 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.RetryPush(ctx, byToken["a2"], now.Add(9*time.Second)); err != nil {
@@ -201,32 +229,107 @@ func TestPushQueue(t *testing.T) {
 	if due, _, _ := s.NextPushDue(ctx); !due.Equal(now.Add(9 * time.Second)) {
 		t.Errorf("next due %v, want the retry", due)
 	}
-	// New mail for a2, pending for retry: still one row, the retry time kept.
+	// New mail for a2, pending for retry: still one row, the retry time
+	// kept; for a1, cooling down: one more, when the cooldown ends.
 	if n, _ := s.QueuePushes(ctx, "alice@chat.test", now.Add(2*time.Second)); n != 1 {
 		t.Errorf("new mail after a1's delivery queued %d, want 1 (a1 again)", n)
 	}
 	ps = claim(t, s, now.Add(9*time.Second), 10)
-	if len(ps) != 2 {
-		t.Fatalf("claimed %d, want a1 and a2", len(ps))
-	}
-	for _, p := range ps {
-		if p.Token == "a2" && (p.Attempts != 1 || !p.QueuedAt.Equal(now)) {
-			t.Errorf("retried claim %+v: want attempts 1, queued at the first queueing", p)
-		}
-		byToken[p.Token] = p
+	if len(ps) != 1 || ps[0].Token != "a2" || ps[0].Attempts != 1 || !ps[0].QueuedAt.Equal(now) {
+		t.Fatalf("claimed %+v, want a2's retry: attempts 1, queued at the first queueing", ps)
 	}
 	// The gateway says a2 is gone: the token goes, with its notification.
-	if err := s.PushGone(ctx, byToken["a2"]); err != nil {
+	if err := s.PushGone(ctx, ps[0]); err != nil {
 		t.Fatal(err)
 	}
 	if got := tokensOf(t, s, "alice@chat.test", now); !slices.Equal(got, []string{"a1"}) {
 		t.Errorf("tokens after 410: %q", got)
 	}
-	if err := s.DropPush(ctx, byToken["a1"]); err != nil {
+	ps = claim(t, s, now.Add(31*time.Second), 10)
+	if len(ps) != 1 || ps[0].Token != "a1" || ps[0].Attempts != 0 || !ps[0].QueuedAt.Equal(now.Add(2*time.Second)) {
+		t.Fatalf("at the end of a1's cooldown claimed %+v, want a1, queued when the mail came", ps)
+	}
+	if err := s.DropPush(ctx, ps[0]); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok, _ := s.NextPushDue(ctx); ok {
 		t.Error("queue not empty after delivery, gone and drop")
+	}
+}
+
+// After a notification is done, its token is not posted again for the
+// cooldown: mail meanwhile makes one notification, due when the cooldown
+// ends; without mail the row goes then, unposted, and nothing is left.
+func TestPushCooldown(t *testing.T) {
+	ctx := context.Background()
+	s, dsn := pgtest.Store(t)
+	create(t, s, "alice@chat.test")
+	now := time.Date(2026, 11, 29, 18, 30, 0, 0, time.UTC)
+	if err := s.SetDeviceToken(ctx, "alice@chat.test", "tok", now); err != nil {
+		t.Fatal(err)
+	}
+	const cooldown = 30 * time.Second
+	at := func(d time.Duration) time.Time { return now.Add(d) }
+	if n, err := s.QueuePushes(ctx, "alice@chat.test", now); err != nil || n != 1 {
+		t.Fatalf("QueuePushes: %d, %v", n, err)
+	}
+	p := claim(t, s, now, 1)
+	if len(p) != 1 {
+		t.Fatal("nothing claimed")
+	}
+	if err := s.PushDone(ctx, p[0], at(time.Second), cooldown); err != nil {
+		t.Fatal(err)
+	}
+	if due, ok, _ := s.NextPushDue(ctx); !ok || !due.Equal(at(31*time.Second)) {
+		t.Errorf("after delivery: next due %v %v, want the cooldown's end", due, ok)
+	}
+	if ps := claim(t, s, at(10*time.Second), 5); len(ps) != 0 {
+		t.Errorf("claimed %d within the cooldown, nothing queued", len(ps))
+	}
+	// Mail within the cooldown: one notification, however many mails.
+	for i, want := range []int64{1, 0, 0} {
+		if n, err := s.QueuePushes(ctx, "alice@chat.test", at(time.Duration(10+i)*time.Second)); err != nil || n != want {
+			t.Errorf("mail #%d within the cooldown: %d, %v; want %d", i, n, err, want)
+		}
+	}
+	if ps := claim(t, s, at(30*time.Second), 5); len(ps) != 0 {
+		t.Errorf("claimed %d before the cooldown ended", len(ps))
+	}
+	p = claim(t, s, at(31*time.Second), 5)
+	if len(p) != 1 || p[0].Attempts != 0 || !p[0].QueuedAt.Equal(at(10*time.Second)) {
+		t.Fatalf("at the cooldown's end: %+v, want one notification, queued at the first mail", p)
+	}
+	// Mail while it is in flight waits for the next cooldown.
+	if n, _ := s.QueuePushes(ctx, "alice@chat.test", at(32*time.Second)); n != 1 {
+		t.Errorf("mail in flight: %d, want 1", n)
+	}
+	if err := s.PushDone(ctx, p[0], at(32*time.Second), cooldown); err != nil {
+		t.Fatal(err)
+	}
+	if ps := claim(t, s, at(33*time.Second), 5); len(ps) != 0 {
+		t.Errorf("mail in flight posted %d at once, want at the cooldown's end", len(ps))
+	}
+	p = claim(t, s, at(62*time.Second), 5)
+	if len(p) != 1 {
+		t.Fatalf("mail in flight: claimed %d at the cooldown's end, want 1", len(p))
+	}
+	// No mail within the cooldown: the row goes at its end, unposted.
+	if err := s.PushDone(ctx, p[0], at(63*time.Second), cooldown); err != nil {
+		t.Fatal(err)
+	}
+	if ps := claim(t, s, at(93*time.Second), 5); len(ps) != 0 {
+		t.Errorf("an ended cooldown without mail posted %d", len(ps))
+	}
+	var rows int
+	if err := conn(t, dsn).QueryRow(ctx, `SELECT count(*) FROM push_queue`).Scan(&rows); err != nil || rows != 0 {
+		t.Errorf("after the cooldown: %d rows (%v), want none: nothing outlives it", rows, err)
+	}
+	// The next mail is posted at once.
+	if n, _ := s.QueuePushes(ctx, "alice@chat.test", at(94*time.Second)); n != 1 {
+		t.Errorf("mail after the cooldown: %d, want 1", n)
+	}
+	if ps := claim(t, s, at(94*time.Second), 5); len(ps) != 1 || !ps[0].QueuedAt.Equal(at(94*time.Second)) {
+		t.Errorf("mail after the cooldown: claimed %+v, want it at once", ps)
 	}
 }
 
@@ -255,7 +358,7 @@ func TestPushLease(t *testing.T) {
 		t.Fatalf("after the lease: %+v", second)
 	}
 	// The stale holder's settlements do nothing.
-	if err := s.PushDelivered(ctx, first[0], now); err != nil {
+	if err := s.PushDone(ctx, first[0], now, 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.DropPush(ctx, first[0]); err != nil {
@@ -267,8 +370,11 @@ func TestPushLease(t *testing.T) {
 	if due, ok, _ := s.NextPushDue(ctx); !ok || !due.Equal(now.Add(2*time.Minute)) {
 		t.Errorf("row after stale settlements: due %v %v, want the second lease's end", due, ok)
 	}
-	if err := s.PushDelivered(ctx, second[0], now); err != nil {
+	if err := s.PushDone(ctx, second[0], now, 0); err != nil {
 		t.Fatal(err)
+	}
+	if ps := claim(t, s, now, 1); len(ps) != 0 {
+		t.Errorf("claimed %d after the holder's delivery", len(ps))
 	}
 	if _, ok, _ := s.NextPushDue(ctx); ok {
 		t.Error("the holder's delivery left the row")
@@ -293,18 +399,21 @@ func TestPushAgain(t *testing.T) {
 		}
 	}
 	later := now.Add(2 * time.Second)
-	if err := s.PushDelivered(ctx, p[0], later); err != nil {
+	if err := s.PushDone(ctx, p[0], later, 0); err != nil {
 		t.Fatal(err)
 	}
 	q := claim(t, s, later, 5)
 	if len(q) != 1 || q[0].Attempts != 0 || !q[0].QueuedAt.Equal(later) {
 		t.Fatalf("after delivery with new mail in between: %+v, want one fresh notification", q)
 	}
-	if err := s.PushDelivered(ctx, q[0], later); err != nil {
+	if err := s.PushDone(ctx, q[0], later, 0); err != nil {
 		t.Fatal(err)
 	}
+	if r := claim(t, s, later, 5); len(r) != 0 {
+		t.Errorf("a third notification: %+v", r)
+	}
 	if _, ok, _ := s.NextPushDue(ctx); ok {
-		t.Error("a third notification")
+		t.Error("a row left")
 	}
 }
 

@@ -37,8 +37,18 @@ var ErrTurnCredentialsExhausted = errors.New("no TURN credential left to issue")
 // (a deleted account's credential keeps its second until it expires): it
 // is valid for lifetime, give or take a day, and its row says no more than
 // the day it was issued. ErrNotFound: there is no such account, or it is
-// blocked.
+// blocked. ErrTurnCredentialsExhausted: a new one was needed and there is
+// none left.
+//
+// Every GETMETADATA of the key asks, and nearly all find a credential to
+// hand out again: that is a plain read (TurnCredential), without a lock or
+// a write. Only issuing takes the account's row lock, and checks again
+// under it.
 func (s *Store) IssueTurnCredential(ctx context.Context, address string, now time.Time, lifetime time.Duration) (int64, error) {
+	expiry, ok, err := s.TurnCredential(ctx, address, now)
+	if ok || err != nil {
+		return expiry, err
+	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return 0, err
@@ -54,19 +64,45 @@ func (s *Store) IssueTurnCredential(ctx context.Context, address string, now tim
 	if err != nil {
 		return 0, err
 	}
+	// A concurrent login may have issued one since the read.
 	var have *int64
 	if err := tx.QueryRow(ctx, `SELECT max(expiry) FROM turn_credentials WHERE address = $1 AND expiry > $2`,
-		address, now.Add(turncred.ReuseMargin).Unix()).Scan(&have); err != nil {
+		address, reuseAfter(now)).Scan(&have); err != nil {
 		return 0, err
 	}
 	if have != nil {
 		return *have, tx.Commit(ctx)
 	}
-	expiry, err := insertTurnCredential(ctx, tx, address, now.Add(lifetime).Unix()/day*day)
+	expiry, err = insertTurnCredential(ctx, tx, address, now.Add(lifetime).Unix()/day*day)
 	if err != nil {
 		return 0, err
 	}
 	return expiry, tx.Commit(ctx)
+}
+
+// reuseAfter is the expiry a credential handed out again at now must
+// pass.
+func reuseAfter(now time.Time) int64 { return now.Add(turncred.ReuseMargin).Unix() }
+
+// TurnCredential returns the expiry of the credential IssueTurnCredential
+// would hand out again at now, and false when the account has none with
+// more than turncred.ReuseMargin left. It only reads. ErrNotFound: there
+// is no such account, or it is blocked.
+func (s *Store) TurnCredential(ctx context.Context, address string, now time.Time) (int64, bool, error) {
+	var blocked bool
+	var have *int64
+	err := s.pool.QueryRow(ctx, `SELECT blocked,
+			(SELECT max(expiry) FROM turn_credentials WHERE address = $1 AND expiry > $2)
+		FROM accounts WHERE address = $1`, address, reuseAfter(now)).Scan(&blocked, &have)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows) || (err == nil && blocked):
+		return 0, false, ErrNotFound
+	case err != nil:
+		return 0, false, err
+	case have == nil:
+		return 0, false, nil
+	}
+	return *have, true, nil
 }
 
 // insertTurnCredential records a credential of address expiring on the

@@ -195,6 +195,56 @@ func TestTurnCredentialsCrowdedDay(t *testing.T) {
 	}
 }
 
+// Handing a credential out again is a plain read: it neither waits for
+// the account's row lock nor writes. Issuing one takes the lock.
+func TestTurnCredentialReuseTakesNoLock(t *testing.T) {
+	ctx := context.Background()
+	s, dsn := pgtest.Store(t)
+	create(t, s, "alice@chat.test")
+	create(t, s, "bob@chat.test")
+	now := time.Date(2026, 11, 29, 18, 30, 0, 0, time.UTC)
+	const lifetime = 120 * time.Hour
+	a1, err := s.IssueTurnCredential(ctx, "alice@chat.test", now, lifetime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another session holds both rows in a lock that conflicts with FOR NO
+	// KEY UPDATE (an admin's block, say), and watches for writes.
+	c := conn(t, dsn)
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM accounts WHERE address IN ('alice@chat.test', 'bob@chat.test') FOR SHARE`); err != nil {
+		t.Fatal(err)
+	}
+	var xmin0 string
+	if err := conn(t, dsn).QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&xmin0); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if again, err := s.IssueTurnCredential(short, "alice@chat.test", now.Add(24*time.Hour), lifetime); err != nil || again != a1 {
+		t.Errorf("reuse while the row is locked: %d, %v, want %d at once", again, err, a1)
+	}
+	// No transaction id was taken meanwhile: nothing was written. (The
+	// probe itself takes one: the next.)
+	var xmin1 string
+	if err := conn(t, dsn).QueryRow(ctx, `SELECT (pg_current_xact_id()::text::bigint - 1)::text`).Scan(&xmin1); err != nil {
+		t.Fatal(err)
+	}
+	if xmin1 != xmin0 {
+		t.Errorf("handing a credential out again wrote: transaction ids %s, then %s", xmin0, xmin1)
+	}
+	// Bob needs a new one: that waits for the lock.
+	short2, cancel2 := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel2()
+	if _, err := s.IssueTurnCredential(short2, "bob@chat.test", now, lifetime); err == nil {
+		t.Error("issuing a new credential did not wait for the account's row lock")
+	}
+}
+
 func conn(t *testing.T, dsn string) *pgx.Conn {
 	t.Helper()
 	c, err := pgx.Connect(context.Background(), dsn)
