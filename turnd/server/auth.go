@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -98,8 +99,8 @@ func (c *credentials) onAuth(src, _ net.Addr, _, username, _, _ string, verdict 
 // allocate decides an authenticated Allocate request: the source's rate
 // and quota, then the store must name the credential's account (an error
 // refuses: TURN has no "try again later"), then the account's quota and
-// the server's.
-func (c *credentials) allocate(r *relays, username string, src net.Addr) bool {
+// the server's. local is the server address src reached.
+func (c *credentials) allocate(r *relays, username string, src net.Addr, local netip.AddrPort) bool {
 	if !c.ready() {
 		c.refuse(refusedNotReady, username, src)
 		return false
@@ -118,6 +119,7 @@ func (c *credentials) allocate(r *relays, username string, src net.Addr) bool {
 		c.refuse(refusedQuotaIP, username, src)
 		return false
 	}
+	gen := c.generation() // before the lookup: a change during it is seen
 	account, ok, err := c.lookup(context.Background(), expiry)
 	if err != nil {
 		if errors.Is(err, errStoreBackoff) {
@@ -132,7 +134,7 @@ func (c *credentials) allocate(r *relays, username string, src net.Addr) bool {
 		c.refuse(refusedUnusable, username, src)
 		return false
 	}
-	if reason := r.admit(keyOf(src), ip, account); reason != "" {
+	if reason := r.admit(pendKey{src: keyOf(src), local: local}, ip, account, gen); reason != "" {
 		c.refuse(reason, username, src)
 		return false
 	}
@@ -204,6 +206,14 @@ func (c *credentials) lookup(ctx context.Context, expiry int64) (string, bool, e
 		c.cache[expiry] = answer{account: account, until: now.Add(cacheTTL)}
 	}
 	return account, account != "", nil
+}
+
+// generation counts the drops: an answer of the store read in one
+// generation may be stale in a later one.
+func (c *credentials) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
 }
 
 // drop forgets every cached answer. A change notification names an

@@ -58,7 +58,9 @@ type Config struct {
 	// UnauthenticatedResponsesPerPrefix is how many responses per second
 	// the UDP sockets send to the sources of one /24 (IPv6: /64) that have
 	// no allocation (challenges, Binding answers, errors): a bound on what
-	// a spoofed source can reflect at its owner. 0 is no limit.
+	// a spoofed source can reflect at its owner. One address of it gets a
+	// quarter of that, a tenth in Binding answers, so that a flood from one
+	// address leaves its neighbours answered. 0 is no limit.
 	UnauthenticatedResponsesPerPrefix int `toml:"unauthenticated_responses_per_prefix"`
 	// StoreTimeout bounds a query of the account store: an uncached
 	// Allocate waits for it in the read loop of its socket. After a failed

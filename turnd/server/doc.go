@@ -55,8 +55,13 @@
 // live allocation and ends those whose credential expired or became
 // unusable (TestBlockedAccountAllocationEnds). A store error leaves them
 // be until the next check (so does the backoff): a PostgreSQL outage
-// does not cut calls in progress. So a blocked account's relaying ends when the block commits,
-// or within recheck_interval (1 minute) if the notification was missed.
+// does not cut calls in progress. An Allocate whose lookup read the store
+// just before a block committed is admitted, and the block's check may
+// run before the allocation exists: an allocation made after any account
+// change since its lookup began is checked again at once
+// (TestBlockDuringLookup). So a blocked account's relaying ends when the
+// block commits, or within recheck_interval (1 minute) if the
+// notification was missed.
 //
 // # Peers
 //
@@ -85,7 +90,12 @@
 // and the source's counts, which the allocation takes over or its failure
 // (pion's OnAllocationError, in the same goroutine) gives back, so these
 // quotas are exact; max_allocations is also the exact bound on open relay
-// sockets.
+// sockets. A reservation is the pair's of client and server address, as
+// pion's allocation is (one client address may reach several listen
+// addresses at once; pion tells the quota handler the client only, so
+// turnd finds the server address by the address value its socket's read
+// gave pion); an allocation without one is ended at once, never counted
+// under no account.
 //
 // max_permissions_per_allocation (64) bounds the peer addresses one
 // allocation has a permission for (a CreatePermission carries up to ~120
@@ -110,23 +120,41 @@
 //
 // TCP connections are bounded by max_tcp_connections (1000, over all TCP
 // listeners, apart from the allocations) and max_tcp_connections_per_ip
-// (16); over them a new one is closed at once. A connection's first
-// complete STUN message must arrive within 5 s of the accept (a slow
-// dribble does not extend it; a first message that is not STUN closes
-// it); until it has an allocation it is closed after 30 s without a byte,
-// after that after 12 minutes.
+// (16); over them a new one is closed at once. A connection without an
+// allocation is closed 30 s after its accept (or after its allocation
+// ended), however busy it is: Binding requests do not hold a slot. Until
+// then its first complete STUN message must arrive within 5 s of the
+// accept (a first message that is not STUN closes it), and every later
+// message within 5 s of its first byte (a slow dribble does not extend
+// either). With an allocation it is closed after 12 minutes without a
+// byte. turnd follows the stream's messages as pion's framing
+// (turn.STUNConn) cuts them, and closes a connection sending a message
+// that is neither STUN nor ChannelData or whose size overflows pion's 16
+// bits: a size that wraps to 0 has pion's read loop spin on its buffer
+// forever, holding a CPU and the slot (FuzzTCPFraming checks the two
+// framings agree). What remains: a client that reconnects every 30 s
+// still holds a slot, bounded by max_tcp_connections_per_ip per address.
 //
 // # Reflection
 //
 // A 20-byte Allocate without credentials gets a 401 of about 72 bytes
 // (×3.6), a Binding request twice its size, and pion's nonce is not bound
 // to the client's address: a spoofed source could have turnd reflect more
-// at its owner than the spoofer sends. The UDP sockets therefore send at
-// most unauthenticated_responses_per_prefix (100) responses a second,
-// bursts as many, to the sources of one /24 (IPv6: /64) without an
-// allocation (responses_dropped_total counts the rest); relayed data and
-// answers to clients with an allocation are not limited. What remains,
-// the factor within that rate per prefix, is accepted.
+// at its owner than the spoofer sends. The UDP sockets therefore limit
+// their responses to sources without an allocation
+// (responses_dropped_total counts those dropped): n =
+// unauthenticated_responses_per_prefix (100) a second, bursts as many, to
+// one /24 (IPv6: /64), and in front of that n/4 a second to one address
+// (IPv4 /32, IPv6 /128), of them n/10 answers to Binding requests (twice
+// a 401's size). A spoofer flooding as one address empties that
+// address's buckets only (its owner is not answered meanwhile: turnd
+// cannot tell them apart), not its network's. Relayed data and answers to
+// clients with an allocation are not limited. What remains, accepted: the
+// factor within those rates (at one address at most n/4 responses a
+// second, at one network n); a spoofer using 4 or more addresses of a /24
+// (10 with Binding requests only) still empties the /24's budget, denying
+// TURN to its hosts without an allocation while it lasts; and an IPv6
+// spoofer within one /64 has as many addresses as it likes.
 //
 // # Behind NAT
 //

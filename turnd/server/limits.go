@@ -36,6 +36,42 @@ func sourcePrefix(ap netip.AddrPort) netip.Addr {
 	return p.Addr()
 }
 
+// respLimiter limits the UDP sockets' responses to sources without an
+// allocation (unauthenticated_responses_per_prefix, n a second): each
+// source address (IPv4 /32, IPv6 /128) has a bucket of its own, n/4 a
+// second (Binding answers, twice a 401's size, n/10 of them), in front of
+// its network's (/24, /64) bucket of n. A spoofer flooding one address
+// empties that address's bucket, not its network's: its neighbours are
+// still answered, and starving a network takes spoofing at least 4 of its
+// addresses (10 with Binding requests).
+type respLimiter struct {
+	source, binding, prefix *limiter
+}
+
+func newRespLimiter(n int) *respLimiter {
+	if n <= 0 {
+		return nil
+	}
+	perSource, perBinding := max(1, float64(n)/4), max(1, float64(n)/10)
+	return &respLimiter{
+		source:  newLimiter(perSource, perSource),
+		binding: newLimiter(perBinding, perBinding),
+		prefix:  newLimiter(float64(n), float64(n)),
+	}
+}
+
+// allow takes the tokens a response to ap needs (binding: it answers a
+// Binding request), reporting whether there were. The source's bucket
+// goes first, so that a source over its own rate uses none of its
+// network's.
+func (l *respLimiter) allow(ap netip.AddrPort, binding bool, now time.Time) bool {
+	ip := ap.Addr().Unmap().WithZone("")
+	if binding && !l.binding.take(ip, now) {
+		return false
+	}
+	return l.source.take(ip, now) && l.prefix.take(sourcePrefix(ap), now)
+}
+
 // addrPort is a UDP or TCP address as a netip.AddrPort (the zero one for
 // others).
 func addrPort(a net.Addr) netip.AddrPort {

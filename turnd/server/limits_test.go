@@ -1,12 +1,14 @@
 package server
 
 import (
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -21,7 +23,7 @@ import (
 )
 
 // onlyRelay is the one live relay of s.
-func (s *testServer) onlyRelay(t *testing.T) *relayConn {
+func (s *testServer) onlyRelay(t testing.TB) *relayConn {
 	t.Helper()
 	s.relays.mu.Lock()
 	defer s.relays.mu.Unlock()
@@ -44,7 +46,7 @@ func (s *testServer) permRefused(reason string) float64 {
 	return testutil.ToFloat64(s.m.permRefused.WithLabelValues(reason))
 }
 
-func allocated(t *testing.T, s *testServer) *rawClient {
+func allocated(t testing.TB, s *testServer) *rawClient {
 	t.Helper()
 	user, pass := issue(s.store)
 	rc := newRawClient(t, s.addr, user, pass)
@@ -191,13 +193,15 @@ func TestFailedAllocateReleasesQuota(t *testing.T) {
 	if v := s.refused(refusedNoPort); v != 3 {
 		t.Errorf("refused{no_port} = %v", v)
 	}
-	s.relays.mu.Lock()
-	left := len(s.relays.pending) + len(s.relays.byAccount) + len(s.relays.byIP)
-	s.relays.mu.Unlock()
-	if left != 0 {
-		t.Errorf("%d reservations left", left)
-	}
+	// pion answers before it reports the failure, and a retransmitted
+	// request may still be under way: the reservations go soon after.
+	waitFor(t, "the reservations to go", func() bool {
+		s.relays.mu.Lock()
+		defer s.relays.mu.Unlock()
+		return len(s.relays.pending)+len(s.relays.byAccount)+len(s.relays.byIP) == 0
+	})
 	_ = taken.Close()
+	time.Sleep(300 * time.Millisecond) // past any retransmission of the last client
 	if _, err := s.client(t, user, pass).Allocate(); err != nil {
 		t.Fatalf("once the port is free: %v", err)
 	}
@@ -312,19 +316,11 @@ func tcpAllocate(t *testing.T, s *testServer, user, pass string) net.PacketConn 
 	return relay
 }
 
-// Responses to sources without an allocation are limited per /24; a
-// client with an allocation is answered all the same.
-func TestUnauthenticatedResponseLimit(t *testing.T) {
-	s := start(t, func(c *Config) { c.UnauthenticatedResponsesPerPrefix = 5 }, nil)
-	rc := allocated(t, s) // uses 1 of the 5: the 401
-	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	server, _ := net.ResolveUDPAddr("udp4", s.addr)
-	for range 30 {
-		if _, err := conn.WriteToUDP(stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint).Raw, server); err != nil {
+// flood sends n requests from conn to the server and counts the answers.
+func flood(t *testing.T, conn *net.UDPConn, server *net.UDPAddr, n int, req func() []byte) int {
+	t.Helper()
+	for range n {
+		if _, err := conn.WriteToUDP(req(), server); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -335,15 +331,76 @@ func TestUnauthenticatedResponseLimit(t *testing.T) {
 			t.Fatal(err)
 		}
 		if _, err := conn.Read(buf); err != nil {
-			break
+			return got
 		}
 		got++
 	}
-	if got > 8 || got == 0 {
-		t.Errorf("%d of 30 Binding requests answered, want about 4", got)
+}
+
+// Responses to sources without an allocation are limited per address
+// (Binding answers more strictly), then per /24: a flood from (or
+// spoofed as) one address leaves its neighbours answered. A client with
+// an allocation is answered all the same.
+func TestUnauthenticatedResponseLimit(t *testing.T) {
+	// Per address 10 a second (Binding answers 4), per /24 40.
+	s := start(t, func(c *Config) { c.UnauthenticatedResponsesPerPrefix = 40 }, nil)
+	rc := allocated(t, s) // uses 1 of 127.0.0.1's 10: the 401
+	server, _ := net.ResolveUDPAddr("udp4", s.addr)
+	listen := func(ip string) *net.UDPConn {
+		conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(ip)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = conn.Close() })
+		return conn
 	}
-	if v := testutil.ToFloat64(s.m.respDropped); v < 20 {
+	binding := func() []byte { return stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint).Raw }
+	allocate := func() []byte {
+		return stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodAllocate, stun.ClassRequest), transportUDP, stun.Fingerprint).Raw
+	}
+
+	// A flood of one address, and right after it its neighbour in the
+	// /24, which is answered: the flood used 127.0.0.1's buckets, hardly
+	// its network's.
+	flooder, neighbour := listen("127.0.0.1"), listen("127.0.0.2")
+	for range 100 {
+		if _, err := flooder.WriteToUDP(binding(), server); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(30 * time.Millisecond) // the flood is read
+	if got := flood(t, neighbour, server, 4, binding); got != 4 {
+		t.Errorf("%d of 4 Binding requests of the flooded address's neighbour answered", got)
+	}
+	if got := flood(t, flooder, server, 0, nil); got > 7 || got == 0 {
+		t.Errorf("%d of 100 Binding requests of one address answered, want about 4", got)
+	}
+	if got := flood(t, flooder, server, 60, allocate); got > 12 || got == 0 {
+		t.Errorf("%d of 60 Allocate requests of one address answered, want about 6", got)
+	}
+	if v := testutil.ToFloat64(s.m.respDropped); v < 130 {
 		t.Errorf("responses_dropped = %v", v)
+	}
+	// The /24's budget still binds the network: a few addresses each
+	// within their own rate exhaust it.
+	var conns []*net.UDPConn
+	for i := 3; i < 13; i++ {
+		conn := listen("127.0.0." + strconv.Itoa(i))
+		conns = append(conns, conn)
+	}
+	for _, conn := range conns {
+		for range 10 {
+			if _, err := conn.WriteToUDP(allocate(), server); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	got := 0
+	for _, conn := range conns {
+		got += flood(t, conn, server, 0, nil)
+	}
+	if got > 50 {
+		t.Errorf("%d of 100 Allocate requests of 10 addresses of a /24 answered, want about 40", got)
 	}
 	rc.tries = 1 // a dropped answer is a failure
 	for range 10 {
@@ -363,18 +420,18 @@ func TestAdmitReserves(t *testing.T) {
 	}
 	r := newRelays(&cfg, newPeerPolicy(nil))
 	ip, ip2 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
-	src := func(port uint16, a netip.Addr) srcKey { return srcKey{ap: netip.AddrPortFrom(a, port)} }
-	if reason := r.admit(src(1, ip), ip, "a"); reason != "" {
+	src := func(port uint16, a netip.Addr) pendKey { return pendKey{src: srcKey{ap: netip.AddrPortFrom(a, port)}} }
+	if reason := r.admit(src(1, ip), ip, "a", 0); reason != "" {
 		t.Fatal(reason)
 	}
-	if reason := r.admit(src(2, ip), ip, "b"); reason != refusedQuotaIP {
+	if reason := r.admit(src(2, ip), ip, "b", 0); reason != refusedQuotaIP {
 		t.Errorf("second of one IP: %q", reason)
 	}
-	if reason := r.admit(src(3, ip2), ip2, "a"); reason != refusedQuotaAccount {
+	if reason := r.admit(src(3, ip2), ip2, "a", 0); reason != refusedQuotaAccount {
 		t.Errorf("second of one account: %q", reason)
 	}
 	r.release(src(1, ip))
-	if reason := r.admit(src(2, ip), ip, "a"); reason != "" {
+	if reason := r.admit(src(2, ip), ip, "a", 0); reason != "" {
 		t.Errorf("after the release: %q", reason)
 	}
 }
@@ -432,11 +489,11 @@ func TestTCPConnectionBounds(t *testing.T) {
 	}
 }
 
-// A TCP connection must send a complete STUN message soon, and is idle
-// only briefly until it has an allocation.
+// A TCP connection must complete each STUN message soon, and must have an
+// allocation soon after its accept, however busy it keeps.
 func TestTCPDeadlines(t *testing.T) {
-	const first, idle = 400 * time.Millisecond, 600 * time.Millisecond
-	s := start(t, nil, nil, func(o *Options) { o.tcpFirst, o.tcpIdleUnallocated = first, idle })
+	const msg, unalloc = 400 * time.Millisecond, 2500 * time.Millisecond
+	s := start(t, nil, nil, func(o *Options) { o.tcpMessage, o.tcpUnallocated = msg, unalloc })
 	binding := stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint).Raw
 
 	silent := dial(t, s)
@@ -455,7 +512,7 @@ func TestTCPDeadlines(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if !closedSoon(t, slow, 100*time.Millisecond) || time.Since(t0) > first+time.Second {
+	if !closedSoon(t, slow, 100*time.Millisecond) || time.Since(t0) > msg+time.Second {
 		t.Errorf("dribbling connection kept for %v", time.Since(t0))
 	}
 
@@ -467,8 +524,7 @@ func TestTCPDeadlines(t *testing.T) {
 		t.Error("a connection not speaking STUN kept")
 	}
 
-	// A Binding request is answered; then the connection may idle only
-	// briefly without an allocation.
+	// A later message must be complete soon after its first byte too.
 	binder := dial(t, s)
 	if _, err := binder.Write(binding); err != nil {
 		t.Fatal(err)
@@ -480,21 +536,76 @@ func TestTCPDeadlines(t *testing.T) {
 	if _, err := binder.Read(buf); err != nil {
 		t.Fatalf("binding over TCP: %v", err)
 	}
-	time.Sleep(first) // past the first message's deadline: no matter now
-	if closedSoon(t, binder, 50*time.Millisecond) {
-		t.Fatal("closed within the idle timeout")
+	if _, err := binder.Write(binding[:10]); err != nil {
+		t.Fatal(err)
 	}
-	if !closedSoon(t, binder, 2*idle) {
-		t.Error("idle connection without an allocation kept")
+	t0 = time.Now()
+	if !closedSoon(t, binder, unalloc) {
+		t.Fatal("a connection with a message begun and never finished kept")
+	}
+	if d := time.Since(t0); d > msg+500*time.Millisecond {
+		t.Errorf("a message begun and never finished kept the connection %v", d)
+	}
+
+	// Busy without an allocation: a Binding request every 200 ms keeps
+	// nothing open past unalloc after the accept.
+	busy := dial(t, s)
+	t0 = time.Now()
+	answered := 0
+	for time.Since(t0) < 3*unalloc {
+		if _, err := busy.Write(binding); err != nil {
+			break
+		}
+		if err := busy.SetReadDeadline(time.Now().Add(200 * time.Millisecond)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := busy.Read(buf); err != nil {
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				break // closed
+			}
+		} else {
+			answered++
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if d := time.Since(t0); d < unalloc-300*time.Millisecond || d > unalloc+time.Second {
+		t.Errorf("a busy connection without an allocation kept %v (%d answers), want about %v", d, answered, unalloc)
 	}
 	waitFor(t, "the slots to free", func() bool { return len(s.tcpSlots) == 0 })
 
-	// With an allocation, the connection may idle longer.
+	// With an allocation, the connection may stay and idle longer.
 	user, pass := issue(s.store)
 	relay := tcpAllocate(t, s, user, pass)
-	time.Sleep(2 * idle)
+	time.Sleep(unalloc + msg)
 	peer := udpPeer(t)
 	exchange(t, relay, peer.LocalAddr(), peer, "after idling")
+}
+
+// pion's framing of a TCP stream (turn.STUNConn) sizes a message in 16
+// bits: a length that wraps the size to 0 has its read loop hand out
+// empty messages forever, never reading again, at full CPU, the slot never
+// freed. Such a message closes the connection before pion sees it.
+func TestTCPFrameSizeWrap(t *testing.T) {
+	s := start(t, nil, nil)
+	binding := stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint).Raw
+	wrapSTUN := append([]byte(nil), binding[:20]...)
+	binary.BigEndian.PutUint16(wrapSTUN[2:4], 0x10000-20) // 20 + length = 0 in 16 bits
+	wrapChannel := []byte{0x40, 0x00, 0xff, 0xfc, 0, 0, 0, 0, 0, 0, 0, 0}
+	for name, stream := range map[string][]byte{
+		"first STUN":    wrapSTUN,
+		"later STUN":    append(append([]byte(nil), binding...), wrapSTUN...),
+		"later channel": append(append([]byte(nil), binding...), wrapChannel...),
+	} {
+		c := dial(t, s)
+		if _, err := c.Write(stream); err != nil {
+			t.Fatal(err)
+		}
+		if !closedSoon(t, c, 2*time.Second) {
+			t.Errorf("%s: a message whose size wraps kept the connection", name)
+		}
+	}
+	waitFor(t, "the slots to free", func() bool { return len(s.tcpSlots) == 0 })
 }
 
 // pion's channel-bind timer errors format the peer with %x: hex of its
@@ -515,33 +626,77 @@ func TestPionLogMasksHex(t *testing.T) {
 	}
 }
 
-// The first message is followed through any split of the stream alike,
-// and told complete exactly when it is.
-func FuzzTCPFirstMessage(f *testing.F) {
-	f.Add(stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint).Raw, uint8(1))
+// chunkConn hands data to pion's framing in reads of step bytes, each
+// through a tcpConn's track as tcpConn.Read does.
+type chunkConn struct {
+	net.Conn // nil: pion's framing calls Read and RemoteAddr only
+	data     []byte
+	step     int
+	tc       tcpConn
+	given    int // bytes given to pion
+	msgs     int // messages track completed in what it gave
+	seen     int // bytes of the message under way in what it gave
+	terr     error
+}
+
+func (c *chunkConn) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := min(c.step, len(c.data), len(p))
+	if err := c.tc.track(c.data[:n]); err != nil {
+		c.terr = err
+		return 0, err
+	}
+	copy(p, c.data[:n])
+	c.data = c.data[n:]
+	c.given += n
+	c.msgs, c.seen = c.tc.msgs, c.tc.seen
+	return n, nil
+}
+
+func (c *chunkConn) RemoteAddr() net.Addr { return &net.TCPAddr{} }
+
+// track cuts the stream into the messages pion's framing cuts it into,
+// through any split of the stream, refuses what pion would loop on, and
+// refuses a stream whose first message is not STUN.
+func FuzzTCPFraming(f *testing.F) {
+	binding := stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint).Raw
+	f.Add(binding, uint8(1))
+	f.Add(append(append([]byte(nil), binding...), 0x40, 0x01, 0, 5, 1, 2, 3, 4, 5, 0, 0, 0), uint8(7))
 	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), uint8(7))
 	f.Add([]byte{0x40, 0, 0, 4, 1, 2, 3, 4}, uint8(3))
+	wrap := append([]byte(nil), binding[:20]...)
+	binary.BigEndian.PutUint16(wrap[2:4], 0xffec)
+	f.Add(append(append([]byte(nil), binding...), wrap...), uint8(20))
+	f.Add(append(append([]byte(nil), binding...), 0x40, 0, 0xff, 0xfc, 0, 0, 0, 0, 0), uint8(40))
 	f.Fuzz(func(t *testing.T, data []byte, step uint8) {
-		n := max(int(step), 1)
-		c := &tcpConn{}
-		ok, fed := true, 0
-		for fed < len(data) && ok && !c.first {
-			end := min(fed+n, len(data))
-			ok = c.track(data[fed:end])
-			fed = end
-		}
-		if len(data) < 20 {
-			if !ok || c.first {
-				t.Fatalf("%d bytes: ok %v first %v", len(data), ok, c.first)
+		c := &chunkConn{data: data, step: max(int(step), 1)}
+		sc := turn.NewSTUNConn(c)
+		buf := make([]byte, 1600)
+		frames, consumed := 0, 0
+		for range len(data) + 2 {
+			n, _, err := sc.ReadFrom(buf)
+			if err != nil {
+				if c.terr == nil && !errors.Is(err, io.EOF) {
+					t.Fatalf("pion refused what track took: %v", err)
+				}
+				break
 			}
-			return
+			if n == 0 {
+				t.Fatal("pion's framing returned an empty message: it would loop on it")
+			}
+			frames++
+			consumed += n
 		}
-		stunHeader := data[0]&0xc0 == 0 && stun.IsMessage(data[:20])
-		if ok != stunHeader {
-			t.Fatalf("ok %v, STUN header %v", ok, stunHeader)
+		if frames != c.msgs || consumed+c.seen != c.given {
+			t.Fatalf("pion cut %d messages of %d bytes of %d given, track %d and %d under way", frames, consumed, c.given, c.msgs, c.seen)
 		}
-		if want := stunHeader && len(data) >= 20+(int(data[2])<<8|int(data[3])); c.first != want {
-			t.Fatalf("first %v, want %v", c.first, want)
+		if len(data) >= 20 {
+			stunHeader := data[0]&0xc0 == 0 && stun.IsMessage(data[:20])
+			if !stunHeader != errors.Is(c.terr, errNotSTUN) {
+				t.Fatalf("first message STUN %v, track's error %v", stunHeader, c.terr)
+			}
 		}
 	})
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/binary"
 	"errors"
 	"math/rand/v2"
 	"net"
@@ -27,6 +28,8 @@ var (
 	errNotUDP4     = errors.New("relays are IPv4 UDP only")
 	errNotUDPAddr  = errors.New("peer address is not a UDP address")
 	errRelayClosed = errors.New("relay closed")
+	errUnreserved  = errors.New("an allocation the quota handler did not admit")
+	errRelayGone   = errors.New("the relay of an allocation is gone")
 )
 
 // relays makes the relay sockets of allocations (it is pion's
@@ -47,12 +50,22 @@ type relays struct {
 	policy      *peerPolicy
 	m           *Metrics
 
+	// senders are the UDP listener sockets by their address, the first of
+	// those sharing one (any of them sends from that address); set before
+	// pion starts.
+	senders map[netip.AddrPort]*watchedPacketConn
+
+	// byClient finds a UDP client's allocation for its ChannelData, which
+	// turnd relays itself (see watchedPacketConn.ReadFrom).
+	fastMu   sync.RWMutex
+	byClient map[clientKey]*relayConn
+
 	mu        sync.Mutex
 	byPort    map[int]*relayConn
 	bySrc     map[srcKey][]*relayConn // replaced, never changed in place
 	byAccount map[string]int          // live and reserved allocations (the address only in memory)
 	byIP      map[netip.Addr]int      // live and reserved allocations
-	pending   map[srcKey]reservation  // admitted, not yet made
+	pending   map[pendKey]reservation // admitted, not yet made
 	open      int                     // relay sockets open, attached to an allocation or not yet
 	closed    traffic                 // of the relays closed so far
 }
@@ -66,6 +79,21 @@ type reservation struct {
 	account string
 	ip      netip.Addr
 	at      time.Time
+	gen     uint64 // of the credential cache when the account was looked up
+}
+
+// pendKey names an Allocate under way as pion names the allocation it
+// makes: the client's transport address and the server address it
+// reached. One client address may reach several listen addresses at once,
+// each served by its own goroutine; one pair is served by one goroutine (a
+// TCP connection's, or the UDP socket's the kernel hashes the pair to).
+type pendKey struct {
+	src   srcKey
+	local netip.AddrPort
+}
+
+func pendKeyOf(src, local net.Addr) pendKey {
+	return pendKey{src: keyOf(src), local: addrPort(local)}
 }
 
 // pendingTTL is when a reservation whose end turnd did not hear about is
@@ -82,8 +110,23 @@ func newRelays(cfg *Config, policy *peerPolicy) *relays {
 		maxPerms: cfg.MaxPermissionsPerAllocation, maxChannels: cfg.MaxChannelsPerAllocation,
 		rate: cfg.MaxBandwidthPerAllocation, policy: policy,
 		byPort: map[int]*relayConn{}, bySrc: map[srcKey][]*relayConn{}, byAccount: map[string]int{},
-		byIP: map[netip.Addr]int{}, pending: map[srcKey]reservation{},
+		byIP: map[netip.Addr]int{}, pending: map[pendKey]reservation{},
+		senders: map[netip.AddrPort]*watchedPacketConn{}, byClient: map[clientKey]*relayConn{},
 	}
+}
+
+// clientKey names a UDP client's allocation as pion does: the client's
+// address and the server address it reached.
+type clientKey struct {
+	local, client netip.AddrPort
+}
+
+// client finds the allocation of a UDP client for its ChannelData.
+func (r *relays) client(k clientKey) *relayConn {
+	r.fastMu.RLock()
+	c := r.byClient[k]
+	r.fastMu.RUnlock()
+	return c
 }
 
 // Validate implements turn.RelayAddressGenerator.
@@ -119,8 +162,16 @@ func (r *relays) AllocatePacketConn(network string, requestedPort int) (net.Pack
 		r.m.refused.WithLabelValues(refusedNoPort).Inc()
 		return nil, nil, err
 	}
+	uio, err := newUDPIO(conn)
+	if err != nil {
+		_ = conn.Close() // the error is the one to report
+		r.mu.Lock()
+		r.open--
+		r.mu.Unlock()
+		return nil, nil, err
+	}
 	port := conn.LocalAddr().(*net.UDPAddr).Port
-	c := &relayConn{UDPConn: conn, r: r, port: port, perms: map[netip.Addr]struct{}{}}
+	c := &relayConn{UDPConn: conn, io: uio, r: r, port: port, perms: map[netip.Addr]struct{}{}}
 	if r.rate > 0 {
 		now := time.Now()
 		c.in = bucket{rate: float64(r.rate), tokens: float64(r.rate), last: now}
@@ -159,13 +210,14 @@ func (r *relays) ipFull(ip netip.Addr) bool {
 }
 
 // admit says why an Allocate of account from src must be refused, or
-// reserves its place in the quotas and says "".
-func (r *relays) admit(src srcKey, ip netip.Addr, account string) string {
+// reserves its place in the quotas and says "". gen is the credential
+// cache's generation before the account was looked up.
+func (r *relays) admit(src pendKey, ip netip.Addr, account string, gen uint64) string {
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if old, ok := r.pending[src]; ok {
-		// The same source's last Allocate ended unseen: its goroutine is
+		// The same pair's last Allocate ended unseen: its goroutine is
 		// this one, so it is over.
 		r.unreserve(src, old)
 	}
@@ -186,12 +238,12 @@ func (r *relays) admit(src srcKey, ip netip.Addr, account string) string {
 	}
 	r.byAccount[account]++
 	r.byIP[ip]++
-	r.pending[src] = reservation{account: account, ip: ip, at: now}
+	r.pending[src] = reservation{account: account, ip: ip, at: now, gen: gen}
 	return ""
 }
 
 // release gives back the reservation of src, if any: its Allocate failed.
-func (r *relays) release(src srcKey) {
+func (r *relays) release(src pendKey) {
 	r.mu.Lock()
 	if p, ok := r.pending[src]; ok {
 		r.unreserve(src, p)
@@ -200,7 +252,7 @@ func (r *relays) release(src srcKey) {
 }
 
 // unreserve; r.mu held.
-func (r *relays) unreserve(src srcKey, p reservation) {
+func (r *relays) unreserve(src pendKey, p reservation) {
 	delete(r.pending, src)
 	r.uncount(p.account, p.ip)
 }
@@ -216,36 +268,45 @@ func (r *relays) uncount(account string, ip netip.Addr) {
 }
 
 // attach ties the relay at port to the allocation of username from src
-// that pion made with it, which takes over the reservation of src.
-func (r *relays) attach(port int, username string, src net.Addr) {
-	expiry, err := turncred.ParseUsername(username)
-	if err != nil {
-		return // the auth handler let only parsable ones through
-	}
-	key := keyOf(src)
+// that pion made with it (src reached the server at dst), which takes over
+// the reservation of (src, dst), and returns the cache generation its
+// account was looked up in. An allocation without a reservation (the
+// quota handler admitted none for the pair) is ended: it would count in
+// no account's quota.
+func (r *relays) attach(port int, username string, src, dst net.Addr) (uint64, error) {
+	pk := pendKeyOf(src, dst)
+	key := pk.src
 	r.mu.Lock()
-	res, reserved := r.pending[key]
-	delete(r.pending, key)
+	res, reserved := r.pending[pk]
+	delete(r.pending, pk)
 	c := r.byPort[port]
-	if c == nil || c.user != "" {
+	expiry, err := turncred.ParseUsername(username)
+	if c == nil || c.user != "" || !reserved || err != nil {
 		if reserved {
 			r.uncount(res.account, res.ip)
 		}
 		r.mu.Unlock()
-		return
-	}
-	if !reserved {
-		// Not admitted by the quota handler (it always runs first): the
-		// source counts, no account.
-		res = reservation{ip: sourceIP(src)}
-		r.byAccount[res.account]++
-		r.byIP[res.ip]++
+		if c == nil || c.user != "" {
+			return 0, errRelayGone
+		}
+		_ = c.Close() // ending it is the point
+		return 0, errUnreserved
 	}
 	c.user, c.expiry, c.account, c.ip, c.src = username, expiry, res.account, res.ip, key
 	r.bySrc[key] = append(slices.Clip(r.bySrc[key]), c)
 	r.mu.Unlock()
+	if ua, ok := src.(*net.UDPAddr); ok {
+		ck := clientKey{local: addrPort(dst), client: ua.AddrPort()}
+		if out := r.senders[ck.local]; out != nil && out.io != nil {
+			c.fast.Store(&fastPath{client: ck.client, out: out, key: ck})
+			r.fastMu.Lock()
+			r.byClient[ck] = c
+			r.fastMu.Unlock()
+		}
+	}
 	r.m.active.Inc()
 	r.m.created.Inc()
+	return res.gen, nil
 }
 
 // hasAllocation reports whether src has a live allocation.
@@ -286,6 +347,13 @@ func (r *relays) get(port int) *relayConn {
 }
 
 func (r *relays) remove(c *relayConn) {
+	if fp := c.fast.Load(); fp != nil {
+		r.fastMu.Lock()
+		if r.byClient[fp.key] == c {
+			delete(r.byClient, fp.key)
+		}
+		r.fastMu.Unlock()
+	}
 	t := c.traffic()
 	r.mu.Lock()
 	delete(r.byPort, c.port)
@@ -358,8 +426,17 @@ func (t *traffic) add(o traffic) {
 // datagrams to its peers with WriteTo and reads the peers' with ReadFrom
 // (one goroutine each); closing it ends the allocation (pion's read loop
 // fails and deletes it).
+//
+// Datagrams on a channel of a UDP client's allocation (what calls use)
+// turnd relays itself, both ways, past pion's per-datagram work and
+// garbage: ReadFrom sends a channel's peer's datagram to the client as
+// ChannelData and reads on, watchedPacketConn.ReadFrom sends a client's
+// ChannelData to the channel's peer. The channels are those pion reports
+// (its channel events). Everything else (Data indications, Send
+// indications, TCP clients) goes through pion as before.
 type relayConn struct {
 	*net.UDPConn
+	io   *udpIO
 	r    *relays
 	port int
 	// user, expiry, account, ip and src are set once, under r.mu, when
@@ -369,6 +446,9 @@ type relayConn struct {
 	account string
 	ip      netip.Addr
 	src     srcKey
+
+	fast  atomic.Pointer[fastPath]       // a UDP client's, once attached
+	chans atomic.Pointer[[]channelEntry] // replaced under inMu, never changed in place
 
 	closeOnce sync.Once
 
@@ -381,19 +461,66 @@ type relayConn struct {
 	perms    map[netip.Addr]struct{} // peers with a permission, as pion reports them
 	channels int                     // channels, as pion reports them
 
+	// rbuf is ReadFrom's: room for the ChannelData header before the
+	// datagram and its padding after.
+	rbuf [channelDataHeader + maxDatagram + 3]byte
+
 	toPeerBytes, toPeerPackets, fromPeerBytes, fromPeerPackets atomic.Uint64
 }
 
-// WriteTo sends a client's datagram to a peer. The peer was checked when
-// its permission was granted; it is checked again here, cheaply, so that
-// no path inside pion can relay to a forbidden address. Datagrams over the
-// bandwidth or to a forbidden peer are dropped, as a network drops them.
+const channelDataHeader = 4
+
+// fastPath is where a UDP client's allocation sends ChannelData: the
+// client's address, from a listener socket with the address it reached.
+type fastPath struct {
+	client netip.AddrPort
+	out    *watchedPacketConn
+	key    clientKey
+}
+
+// channelEntry is a channel of the allocation: its number and peer
+// (unmapped).
+type channelEntry struct {
+	num  uint16
+	peer netip.AddrPort
+}
+
+func (c *relayConn) channelByPeer(peer netip.AddrPort) (uint16, bool) {
+	if cs := c.chans.Load(); cs != nil {
+		for _, e := range *cs {
+			if e.peer == peer {
+				return e.num, true
+			}
+		}
+	}
+	return 0, false
+}
+
+func (c *relayConn) channelPeer(num uint16) (netip.AddrPort, bool) {
+	if cs := c.chans.Load(); cs != nil {
+		for _, e := range *cs {
+			if e.num == num {
+				return e.peer, true
+			}
+		}
+	}
+	return netip.AddrPort{}, false
+}
+
+// WriteTo sends a client's datagram to a peer (pion's path).
 func (c *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	ua, ok := addr.(*net.UDPAddr)
 	if !ok {
 		return 0, errNotUDPAddr
 	}
-	ap := ua.AddrPort()
+	return c.send(p, ua.AddrPort())
+}
+
+// send sends a client's datagram to a peer. The peer was checked when its
+// permission was granted; it is checked again here, cheaply, so that no
+// path inside pion can relay to a forbidden address. Datagrams over the
+// bandwidth or to a forbidden peer are dropped, as a network drops them.
+func (c *relayConn) send(p []byte, ap netip.AddrPort) (int, error) {
 	ip := ap.Addr().Unmap()
 	c.outMu.Lock()
 	if ip != c.lastPeer {
@@ -410,7 +537,7 @@ func (c *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 		return len(p), nil
 	}
 	c.outMu.Unlock()
-	n, err := c.UDPConn.WriteToUDPAddrPort(p, netip.AddrPortFrom(ip, ap.Port()))
+	n, err := c.io.WriteTo(p, netip.AddrPortFrom(ip, ap.Port()))
 	if err == nil {
 		c.toPeerBytes.Add(uint64(n))
 		c.toPeerPackets.Add(1)
@@ -420,10 +547,13 @@ func (c *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 
 // ReadFrom returns the next datagram of a peer with a permission, within
 // the bandwidth; others are dropped here, before pion spends anything on
-// them, and do not use up the allocation's bandwidth.
+// them, and do not use up the allocation's bandwidth. A datagram of a
+// channel's peer to a UDP client goes to the client here, as pion would
+// send it (ChannelData, padded to 4 bytes), and is not returned.
 func (c *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
+	buf := c.rbuf[channelDataHeader : channelDataHeader+min(len(p), maxDatagram)]
 	for {
-		n, ap, err := c.UDPConn.ReadFromUDPAddrPort(p)
+		n, ap, err := c.io.ReadFrom(buf)
 		if err != nil {
 			return n, nil, err
 		}
@@ -442,7 +572,21 @@ func (c *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
 		c.inMu.Unlock()
 		c.fromPeerBytes.Add(uint64(n))
 		c.fromPeerPackets.Add(1)
-		return n, net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, ap.Port())), nil
+		peer := netip.AddrPortFrom(ip, ap.Port())
+		if fp := c.fast.Load(); fp != nil {
+			if num, ok := c.channelByPeer(peer); ok {
+				binary.BigEndian.PutUint16(c.rbuf[0:2], num)
+				binary.BigEndian.PutUint16(c.rbuf[2:4], uint16(n))
+				end := channelDataHeader + n
+				padded := (end + 3) &^ 3
+				clear(c.rbuf[end:padded])
+				// A failed send is a datagram lost, as pion's is (it
+				// logs it).
+				_, _ = fp.out.send(c.rbuf[:padded], fp.client)
+				continue
+			}
+		}
+		return copy(p, buf[:n]), net.UDPAddrFromAddrPort(peer), nil
 	}
 }
 
@@ -457,14 +601,22 @@ func (c *relayConn) permit(ip netip.Addr, on bool) {
 	c.inMu.Unlock()
 }
 
-func (c *relayConn) channel(on bool) {
+// channel records a channel pion created or deleted.
+func (c *relayConn) channel(num uint16, peer netip.AddrPort, on bool) {
+	peer = netip.AddrPortFrom(peer.Addr().Unmap().WithZone(""), peer.Port())
 	c.inMu.Lock()
+	defer c.inMu.Unlock()
+	var cs []channelEntry
+	if old := c.chans.Load(); old != nil {
+		cs = slices.DeleteFunc(slices.Clone(*old), func(e channelEntry) bool { return e.num == num })
+	}
 	if on {
 		c.channels++
+		cs = append(cs, channelEntry{num: num, peer: peer})
 	} else {
 		c.channels--
 	}
-	c.inMu.Unlock()
+	c.chans.Store(&cs)
 }
 
 func (c *relayConn) admitPeer(ip netip.Addr, maxPerms, maxChannels int) string {

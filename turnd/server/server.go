@@ -34,9 +34,9 @@ type Options struct {
 	Registry prometheus.Registerer
 	Panics   prometheus.Counter // may be nil
 
-	// tcpFirst and tcpIdleUnallocated replace tcpFirstMessage and
-	// tcpIdleUnallocated when not 0 (tests).
-	tcpFirst, tcpIdleUnallocated time.Duration
+	// tcpMessage and tcpUnallocated replace tcpMessageTimeout and
+	// tcpUnallocatedTimeout when not 0 (tests).
+	tcpMessage, tcpUnallocated time.Duration
 }
 
 // Server is a running TURN server: pion's, with turnd's credential checks,
@@ -52,20 +52,28 @@ type Server struct {
 	panics  prometheus.Counter
 	every   time.Duration
 	udp     []net.PacketConn
+	watched []*watchedPacketConn // the same
 	tcp     []net.Listener
 	recheck chan struct{}
 	failed  chan error
 	closing atomic.Bool
 	closeMu sync.Mutex
 
-	respLimit *limiter      // responses to sources without an allocation, per /24 or /64
+	respLimit *respLimiter  // responses to sources without an allocation
 	tcpSlots  chan struct{} // max_tcp_connections
 	tcpPerIP  int           // max_tcp_connections_per_ip
-	tcpFirst  time.Duration // tcpFirstMessage
-	tcpIdle0  time.Duration // tcpIdleUnallocated
+	tcpMsg    time.Duration // tcpMessageTimeout
+	tcpUnall  time.Duration // tcpUnallocatedTimeout
 	tcpMu     sync.Mutex
 	tcpByIP   map[netip.Addr]int
+	tcpLocal  map[*net.TCPAddr]netip.AddrPort // a connection's server address by its client address (the pointer pion is given)
 }
+
+// udpReceiveBuffer is the receive buffer asked for each UDP socket clients
+// send to: all clients of a socket share it, and the default (about 200
+// kB, some 90 datagrams of a video call) overflowed in bursts of 32
+// clients while the read loop waited for a CPU.
+const udpReceiveBuffer = 4 << 20
 
 // Listen binds the configured UDP addresses (udp_sockets sockets each,
 // sharing the port with SO_REUSEPORT, so that as many read loops serve
@@ -86,6 +94,10 @@ func Listen(cfg *Config) (udp []net.PacketConn, tcp []net.Listener, err error) {
 		var serr error
 		if err := rc.Control(func(fd uintptr) {
 			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+			if serr == nil {
+				// The kernel caps it at net.core.rmem_max, silently.
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, udpReceiveBuffer)
+			}
 		}); err != nil {
 			return err
 		}
@@ -132,17 +144,16 @@ func New(o Options, udp []net.PacketConn, tcp []net.Listener) (*Server, error) {
 		log: o.Log, panics: o.Panics, every: cfg.RecheckInterval.D(),
 		recheck: make(chan struct{}, 1), failed: make(chan error, 1),
 		tcpSlots: make(chan struct{}, cfg.MaxTCPConnections), tcpPerIP: cfg.MaxTCPConnectionsPerIP,
-		tcpByIP: map[netip.Addr]int{}, tcpFirst: tcpFirstMessage, tcpIdle0: tcpIdleUnallocated,
+		tcpByIP: map[netip.Addr]int{}, tcpLocal: map[*net.TCPAddr]netip.AddrPort{},
+		tcpMsg: tcpMessageTimeout, tcpUnall: tcpUnallocatedTimeout,
 	}
-	if o.tcpFirst > 0 {
-		s.tcpFirst = o.tcpFirst
+	if o.tcpMessage > 0 {
+		s.tcpMsg = o.tcpMessage
 	}
-	if o.tcpIdleUnallocated > 0 {
-		s.tcpIdle0 = o.tcpIdleUnallocated
+	if o.tcpUnallocated > 0 {
+		s.tcpUnall = o.tcpUnallocated
 	}
-	if n := cfg.UnauthenticatedResponsesPerPrefix; n > 0 {
-		s.respLimit = newLimiter(float64(n), float64(n))
-	}
+	s.respLimit = newRespLimiter(cfg.UnauthenticatedResponsesPerPrefix)
 	s.relays = newRelays(cfg, s.policy)
 	s.m = NewMetrics(o.Registry, s.relays)
 	s.relays.m = s.m
@@ -165,24 +176,33 @@ func New(o Options, udp []net.PacketConn, tcp []net.Listener) (*Server, error) {
 		},
 		QuotaHandler: func(username, _ string, src net.Addr) (ok bool) {
 			defer s.recoverPanic("quota", &ok)
-			return s.creds.allocate(s.relays, username, src)
+			return s.creds.allocate(s.relays, username, src, s.localOf(src))
 		},
 		EventHandler: turn.EventHandler{
 			OnAuth: func(src, dst net.Addr, proto, username, realm, method string, verdict bool) {
 				defer s.recoverPanic("auth event", nil)
 				s.creds.onAuth(src, dst, proto, username, realm, method, verdict)
 			},
-			OnAllocationCreated: func(src, _ net.Addr, _, username, _ string, relay net.Addr, _ int) {
+			OnAllocationCreated: func(src, dst net.Addr, _, username, _ string, relay net.Addr, _ int) {
 				defer s.recoverPanic("allocation event", nil)
 				if ua, ok := relay.(*net.UDPAddr); ok {
-					s.relays.attach(ua.Port, username, src)
+					gen, err := s.relays.attach(ua.Port, username, src, dst)
+					switch {
+					case errors.Is(err, errUnreserved):
+						s.log.Warn("an allocation the quota handler did not admit, ended", logging.IP(addrString(src)))
+					case err == nil && gen != s.creds.generation():
+						// An account changed after the store was asked:
+						// that change's recheck may have run before this
+						// allocation was here to be seen.
+						s.triggerRecheck()
+					}
 				}
 			},
 			// A request of src failed: if it was an Allocate the quota
 			// handler admitted, its reservation goes.
-			OnAllocationError: func(src, _ net.Addr, _, _ string) {
+			OnAllocationError: func(src, dst net.Addr, _, _ string) {
 				defer s.recoverPanic("allocation error event", nil)
-				s.relays.release(keyOf(src))
+				s.relays.release(pendKeyOf(src, dst))
 			},
 			OnPermissionCreated: func(_, _ net.Addr, _, _, _ string, relay net.Addr, peer net.IP) {
 				defer s.recoverPanic("permission event", nil)
@@ -192,13 +212,13 @@ func New(o Options, udp []net.PacketConn, tcp []net.Listener) (*Server, error) {
 				defer s.recoverPanic("permission event", nil)
 				s.permit(relay, peer, false)
 			},
-			OnChannelCreated: func(_, _ net.Addr, _, _, _ string, relay, _ net.Addr, _ uint16) {
+			OnChannelCreated: func(_, _ net.Addr, _, _, _ string, relay, peer net.Addr, num uint16) {
 				defer s.recoverPanic("channel event", nil)
-				s.channel(relay, true)
+				s.channel(relay, peer, num, true)
 			},
-			OnChannelDeleted: func(_, _ net.Addr, _, _, _ string, relay, _ net.Addr, _ uint16) {
+			OnChannelDeleted: func(_, _ net.Addr, _, _, _ string, relay, peer net.Addr, num uint16) {
 				defer s.recoverPanic("channel event", nil)
-				s.channel(relay, false)
+				s.channel(relay, peer, num, false)
 			},
 		},
 		// pion reads datagrams into a buffer this size and drops larger ones.
@@ -218,8 +238,17 @@ func New(o Options, udp []net.PacketConn, tcp []net.Listener) (*Server, error) {
 		return true
 	}
 	for _, c := range udp {
-		wc := &watchedPacketConn{PacketConn: c, s: s}
+		wc := &watchedPacketConn{PacketConn: c, s: s, local: addrPort(c.LocalAddr())}
+		if uc, ok := c.(*net.UDPConn); ok {
+			if wc.io, err = newUDPIO(uc); err != nil {
+				return nil, err
+			}
+			if s.relays.senders[wc.local] == nil {
+				s.relays.senders[wc.local] = wc
+			}
+		}
 		s.udp = append(s.udp, wc)
+		s.watched = append(s.watched, wc)
 		sc.PacketConnConfigs = append(sc.PacketConnConfigs, turn.PacketConnConfig{
 			PacketConn: wc, RelayAddressGenerator: s.relays, PermissionHandler: perm,
 		})
@@ -253,10 +282,10 @@ func (s *Server) permit(relay net.Addr, peer net.IP, on bool) {
 	}
 }
 
-func (s *Server) channel(relay net.Addr, on bool) {
+func (s *Server) channel(relay, peer net.Addr, num uint16, on bool) {
 	if ua, ok := relay.(*net.UDPAddr); ok {
 		if c := s.relays.get(ua.Port); c != nil {
-			c.channel(on)
+			c.channel(num, addrPort(peer), on)
 		}
 	}
 }
@@ -276,6 +305,25 @@ func (s *Server) recoverPanic(what string, ok *bool) {
 		s.panics.Inc()
 	}
 	s.log.Error("panic in a TURN callback", "in", what, "panic", fmt.Sprint(v))
+}
+
+// localOf is the server address the client src reached with the Allocate
+// pion is handling (the quota handler is told src only): src is the very
+// address value the socket's read returned to pion.
+func (s *Server) localOf(src net.Addr) netip.AddrPort {
+	switch a := src.(type) {
+	case *net.UDPAddr:
+		for _, c := range s.watched {
+			if c.allocSrc.Load() == a {
+				return c.local
+			}
+		}
+	case *net.TCPAddr:
+		s.tcpMu.Lock()
+		defer s.tcpMu.Unlock()
+		return s.tcpLocal[a]
+	}
+	return netip.AddrPort{}
 }
 
 // UDPAddrs and TCPAddrs are the bound addresses.
@@ -390,18 +438,67 @@ func (s *Server) Close() error {
 
 // watchedPacketConn reports a TURN socket's read failure: pion's read loop
 // ends silently on one, and the daemon would serve nothing on it. It also
-// limits the responses to sources without an allocation.
+// limits the responses to sources without an allocation, and relays the
+// ChannelData of UDP clients itself (see relayConn).
 type watchedPacketConn struct {
 	net.PacketConn
-	s *Server
+	s     *Server
+	io    *udpIO         // nil: not a *net.UDPConn (the ordinary calls then)
+	local netip.AddrPort // the address pion knows the socket by
+	// allocSrc is the source the last Allocate request read came from,
+	// the value pion was given: it tells the quota handler the socket.
+	allocSrc atomic.Pointer[net.UDPAddr]
 }
 
+// ReadFrom returns the next datagram that is not ChannelData on a channel
+// of a UDP client's allocation: those it sends to the channel's peer, as
+// pion would (through the relay's checks), and reads on.
 func (c *watchedPacketConn) ReadFrom(p []byte) (int, net.Addr, error) {
-	n, a, err := c.PacketConn.ReadFrom(p)
+	if c.io == nil {
+		n, a, err := c.PacketConn.ReadFrom(p)
+		c.failed(err)
+		if ua, ok := a.(*net.UDPAddr); ok && stunAllocate(p[:n]) {
+			c.allocSrc.Store(ua)
+		}
+		return n, a, err
+	}
+	for {
+		n, ap, err := c.io.ReadFrom(p)
+		if err != nil {
+			c.failed(err)
+			return n, nil, err
+		}
+		// ChannelData (RFC 8656, section 12.4: numbers 0x4000-0x7FFF,
+		// the first two bits 01), complete, and not possibly truncated
+		// (pion drops a datagram that fills its buffer).
+		if n >= channelDataHeader && n < len(p) && p[0]&0xc0 == 0x40 {
+			if l := int(binary.BigEndian.Uint16(p[2:4])); l <= n-channelDataHeader {
+				if r := c.s.relays.client(clientKey{local: c.local, client: ap}); r != nil {
+					if peer, ok := r.channelPeer(binary.BigEndian.Uint16(p[0:2])); ok {
+						// A failed send is a datagram lost, as pion's is.
+						_, _ = r.send(p[channelDataHeader:channelDataHeader+l], peer)
+						continue
+					}
+				}
+			}
+		}
+		ua := net.UDPAddrFromAddrPort(ap)
+		if stunAllocate(p[:n]) {
+			c.allocSrc.Store(ua)
+		}
+		return n, ua, nil
+	}
+}
+
+// stunAllocate reports whether p is an Allocate request (type 0x0003).
+func stunAllocate(p []byte) bool {
+	return len(p) >= 20 && p[0] == 0 && p[1] == 3
+}
+
+func (c *watchedPacketConn) failed(err error) {
 	if err != nil && !c.s.closing.Load() {
 		c.s.fail(fmt.Errorf("udp socket: %w", err))
 	}
-	return n, a, err
 }
 
 // WriteTo drops STUN responses (not indications, not ChannelData: what is
@@ -411,16 +508,32 @@ func (c *watchedPacketConn) ReadFrom(p []byte) (int, net.Addr, error) {
 // size, so a spoofed source could have turnd reflect more at its owner
 // than the spoofer sends.
 func (c *watchedPacketConn) WriteTo(p []byte, a net.Addr) (int, error) {
+	ua, ok := a.(*net.UDPAddr)
+	if !ok {
+		return c.PacketConn.WriteTo(p, a)
+	}
+	ap := ua.AddrPort()
 	if c.s.respLimit != nil && len(p) >= 20 && p[0]&0xc0 == 0 && !stunIndication(p) {
-		if ua, ok := a.(*net.UDPAddr); ok {
-			ap := ua.AddrPort()
-			if !c.s.relays.hasAllocation(srcKey{ap: ap}) && !c.s.respLimit.take(sourcePrefix(ap), time.Now()) {
-				c.s.m.respDropped.Inc()
-				return len(p), nil // as a network loses it
-			}
+		if !c.s.relays.hasAllocation(srcKey{ap: ap}) && !c.s.respLimit.allow(ap, stunBinding(p), time.Now()) {
+			c.s.m.respDropped.Inc()
+			return len(p), nil // as a network loses it
 		}
 	}
-	return c.PacketConn.WriteTo(p, a)
+	return c.send(p, ap)
+}
+
+// send sends p to ap, unlimited.
+func (c *watchedPacketConn) send(p []byte, ap netip.AddrPort) (int, error) {
+	if c.io == nil {
+		return c.PacketConn.WriteTo(p, net.UDPAddrFromAddrPort(ap))
+	}
+	return c.io.WriteTo(p, ap)
+}
+
+// stunBinding reports whether the STUN message p is of the Binding method:
+// its type without the class bits (0x0110) is 0x0001.
+func stunBinding(p []byte) bool {
+	return binary.BigEndian.Uint16(p[0:2])&0x3eef == 0x0001
 }
 
 // stunIndication reports whether the STUN message p is an indication: its
@@ -437,19 +550,25 @@ func (s *Server) fail(err error) {
 }
 
 const (
-	// tcpFirstMessage is how long a new TCP connection has to send its
-	// first complete STUN message.
-	tcpFirstMessage = 5 * time.Second
-	// tcpIdleUnallocated closes a TCP connection without an allocation
-	// that sent nothing for this long.
-	tcpIdleUnallocated = 30 * time.Second
+	// tcpMessageTimeout is how long a TCP connection without an
+	// allocation has to complete a STUN message once its first byte
+	// arrived, and its first message once it was accepted.
+	tcpMessageTimeout = 5 * time.Second
+	// tcpUnallocatedTimeout closes a TCP connection that has no allocation
+	// this long after its accept (or after its allocation ended), however
+	// busy: only allocations hold a connection open.
+	tcpUnallocatedTimeout = 30 * time.Second
 	// tcpIdleTimeout closes a TURN-over-TCP connection with an allocation
 	// that sent nothing for this long: an allocation is refreshed well
 	// within its 10-minute default lifetime, permissions every 5 minutes.
 	tcpIdleTimeout = 12 * time.Minute
 )
 
-var errNotSTUN = errors.New("a TCP connection did not start with a STUN message")
+var (
+	errNotSTUN   = errors.New("a TCP connection did not start with a STUN message")
+	errBadFrame  = errors.New("a TCP connection sent neither STUN nor ChannelData, or a length pion mistakes")
+	errTCPExpiry = errors.New("a TCP connection without an allocation expired")
+)
 
 // tcpListener bounds the TCP connections (max_tcp_connections, of all TCP
 // listeners, and max_tcp_connections_per_ip; over them a new one is
@@ -494,6 +613,7 @@ func (s *Server) admitTCP(c net.Conn) *tcpConn {
 		return nil
 	}
 	ip := sourceIP(c.RemoteAddr())
+	ra, _ := c.RemoteAddr().(*net.TCPAddr)
 	s.tcpMu.Lock()
 	if s.tcpByIP[ip] >= s.tcpPerIP {
 		s.tcpMu.Unlock()
@@ -502,76 +622,143 @@ func (s *Server) admitTCP(c net.Conn) *tcpConn {
 		return nil
 	}
 	s.tcpByIP[ip]++
+	if ra != nil {
+		s.tcpLocal[ra] = addrPort(c.LocalAddr())
+	}
 	s.tcpMu.Unlock()
 	release := func() {
 		s.tcpMu.Lock()
 		if s.tcpByIP[ip]--; s.tcpByIP[ip] <= 0 {
 			delete(s.tcpByIP, ip)
 		}
+		if ra != nil {
+			delete(s.tcpLocal, ra)
+		}
 		s.tcpMu.Unlock()
 		<-s.tcpSlots
 	}
-	return &tcpConn{Conn: c, s: s, key: keyOf(c.RemoteAddr()), firstBy: time.Now().Add(s.tcpFirst), release: release}
+	now := time.Now()
+	return &tcpConn{Conn: c, s: s, key: keyOf(c.RemoteAddr()), release: release,
+		msgBy: now.Add(s.tcpMsg), unallocBy: now.Add(s.tcpUnall)}
 }
 
-// tcpConn is a TURN-over-TCP connection: its first complete STUN message
-// must arrive within tcpFirstMessage of the accept; then it may be idle
-// tcpIdleUnallocated until it has an allocation, tcpIdleTimeout after.
-// pion reads it from one goroutine.
+// tcpConn is a TURN-over-TCP connection. Until it has an allocation it
+// must have one by unallocBy (tcpUnallocatedTimeout after the accept, or
+// after its allocation ended), its first message must be a STUN message
+// complete within tcpMessageTimeout of the accept, and every later one
+// complete within tcpMessageTimeout of its first byte; with an allocation
+// it may be idle tcpIdleTimeout. It follows the stream's messages as
+// pion's framing (turn.STUNConn) cuts them. pion reads it from one
+// goroutine.
 type tcpConn struct {
 	net.Conn
 	s         *Server
 	key       srcKey
-	firstBy   time.Time
-	hdr       [20]byte // the first message's header, as it arrives
-	seen      int      // bytes of the first message seen
-	need      int      // its length, once the header is in
-	first     bool     // the first message is complete
-	allocated bool
+	unallocBy time.Time // without an allocation, closed then
+	msgBy     time.Time // the message under way must be complete by then; zero: not yet started
+	hdr       [20]byte  // the current message's first bytes
+	seen      int       // bytes of the current message seen
+	msgs      int       // messages complete
+	allocated bool      // it had an allocation at the last read
 	once      sync.Once
 	release   func()
 }
 
 func (c *tcpConn) Read(p []byte) (int, error) {
+	now := time.Now()
 	var deadline time.Time
-	switch {
-	case !c.first:
-		deadline = c.firstBy
-	case c.allocated || c.s.relays.hasAllocation(c.key):
+	if c.s.relays.hasAllocation(c.key) {
 		c.allocated = true
-		deadline = time.Now().Add(tcpIdleTimeout)
-	default:
-		deadline = time.Now().Add(c.s.tcpIdle0)
+		deadline = now.Add(tcpIdleTimeout)
+	} else {
+		if c.allocated {
+			// Its allocation ended: as long to make another as a new
+			// connection has.
+			c.allocated = false
+			c.unallocBy = now.Add(c.s.tcpUnall)
+		}
+		if !now.Before(c.unallocBy) {
+			return 0, errTCPExpiry
+		}
+		deadline = c.unallocBy
+		if (c.msgs == 0 || c.seen > 0) && c.msgBy.Before(deadline) {
+			deadline = c.msgBy
+		}
 	}
 	if err := c.Conn.SetReadDeadline(deadline); err != nil {
 		return 0, err
 	}
 	n, err := c.Conn.Read(p)
-	if !c.first && n > 0 && !c.track(p[:n]) {
-		return 0, errNotSTUN
+	if n > 0 {
+		// A chunk refused is never given to pion: its framing could
+		// loop on it forever.
+		if terr := c.track(p[:n]); terr != nil {
+			return 0, terr
+		}
+		if c.seen > 0 && c.msgBy.IsZero() {
+			c.msgBy = time.Now().Add(c.s.tcpMsg)
+		}
 	}
 	return n, err
 }
 
-// track follows the first message through b, the next bytes read; false
-// if it is not a STUN message.
-func (c *tcpConn) track(b []byte) bool {
-	if c.seen < len(c.hdr) {
-		k := copy(c.hdr[c.seen:], b)
-		c.seen += k
-		b = b[k:]
+// track follows the stream's messages through b, the next bytes read, as
+// pion's framing cuts them: a STUN message (20 bytes and its length) or
+// ChannelData (4 bytes and its length padded to 4), told apart by what
+// pion has buffered when it looks (STUN once 20 bytes with the magic
+// cookie are in, else ChannelData by its number once 9 bytes are).
+// errNotSTUN if the first message is not a STUN message, errBadFrame if a
+// later one is neither or its size overflows pion's 16 bits (a size that
+// wraps to 0 would have pion's read loop spin on its buffer forever).
+func (c *tcpConn) track(b []byte) error {
+	for len(b) > 0 {
 		if c.seen < len(c.hdr) {
-			return true
+			copy(c.hdr[c.seen:], b)
 		}
-		h := c.hdr[:]
-		if h[0]&0xc0 != 0 || !stun.IsMessage(h) {
-			return false
+		avail := c.seen + len(b)
+		size, err := frameSize(c.hdr[:min(avail, len(c.hdr))], avail, c.msgs == 0)
+		if err != nil {
+			return err
 		}
-		c.need = len(c.hdr) + int(binary.BigEndian.Uint16(h[2:4]))
+		if size == 0 || avail < size {
+			c.seen = avail
+			return nil
+		}
+		b = b[size-c.seen:]
+		c.seen = 0
+		c.msgs++
+		c.msgBy = time.Time{}
 	}
-	c.seen += len(b)
-	c.first = c.seen >= c.need
-	return true
+	return nil
+}
+
+// frameSize is the size of the message whose first bytes are h, avail
+// bytes of it being in, as pion's turn.STUNConn judges it, or 0 while
+// that cannot be told.
+func frameSize(h []byte, avail int, first bool) (int, error) {
+	size := 0
+	switch {
+	case first && h[0]&0xc0 != 0: // not STUN, and pion may take it for ChannelData before 20 bytes are in
+		return 0, errNotSTUN
+	case first && len(h) < 20:
+		return 0, nil
+	case first && !stun.IsMessage(h):
+		return 0, errNotSTUN
+	case avail < 9:
+		return 0, nil
+	case stun.IsMessage(h): // 20 bytes in, with the magic cookie
+		size = 20 + int(binary.BigEndian.Uint16(h[2:4]))
+	case h[0]&0xc0 == 0x40: // a channel number, 0x4000-0x7FFF
+		size = 4 + (int(binary.BigEndian.Uint16(h[2:4]))+3)&^3
+	case len(h) < 20:
+		return 0, nil
+	default:
+		return 0, errBadFrame
+	}
+	if size > 0xffff {
+		return 0, errBadFrame
+	}
+	return size, nil
 }
 
 func (c *tcpConn) Close() error {

@@ -38,6 +38,7 @@ type fakeStore struct {
 	err     error
 	hang    bool // answer only when the query's context ends
 	lookups int
+	during  func() // called in a query, after the store was read
 }
 
 func newFakeStore() *fakeStore { return &fakeStore{owner: map[int64]string{}} }
@@ -45,8 +46,11 @@ func newFakeStore() *fakeStore { return &fakeStore{owner: map[int64]string{}} }
 func (f *fakeStore) TurnCredentialAccount(ctx context.Context, expiry int64, now time.Time) (string, error) {
 	f.mu.Lock()
 	f.lookups++
-	hang, err, owner := f.hang, f.err, f.owner[expiry]
+	hang, err, owner, during := f.hang, f.err, f.owner[expiry], f.during
 	f.mu.Unlock()
+	if during != nil {
+		during()
+	}
 	if hang {
 		<-ctx.Done()
 		return "", ctx.Err()
@@ -138,7 +142,7 @@ func testConfig() Config {
 	return cfg
 }
 
-func start(t *testing.T, mod func(*Config), log *slog.Logger, opts ...func(*Options)) *testServer {
+func start(t testing.TB, mod func(*Config), log *slog.Logger, opts ...func(*Options)) *testServer {
 	t.Helper()
 	cfg := testConfig()
 	if mod != nil {
@@ -489,6 +493,117 @@ func TestQuotaPerAccount(t *testing.T) {
 	u2, p2 := issue(s.store)
 	if _, err := s.client(t, u2, p2).Allocate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// One client address reaching two listen addresses at once: the
+// reservations of the two Allocates are apart (each is the pair's), so the
+// account's quota counts both; an allocation the quota handler admitted
+// none for is ended, not counted under no account.
+func TestReservationPerServerAddress(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxAllocationsPerAccount = 1
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	r := newRelays(&cfg, newPeerPolicy(nil))
+	r.m = NewMetrics(prometheus.NewRegistry(), r)
+	src := &net.UDPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 5000}
+	dstA := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 3478}
+	dstB := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 3479}
+	ip := sourceIP(src)
+	const account = "victim@x"
+	if reason := r.admit(pendKeyOf(src, dstA), ip, account, 0); reason != "" {
+		t.Fatal(reason)
+	}
+	// The second listener's Allocate, admitted while the first is made.
+	if reason := r.admit(pendKeyOf(src, dstB), ip, account, 0); reason != refusedQuotaAccount {
+		t.Errorf("the same client at a second listener: %q", reason)
+	}
+	user := turncred.Username(time.Now().Unix() + 3600)
+	relay := func() int {
+		t.Helper()
+		c, _, err := r.AllocatePacketConn("udp4", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return c.(*relayConn).port
+	}
+	if _, err := r.attach(relay(), user, src, dstA); err != nil {
+		t.Fatal(err)
+	}
+	// pion made the second anyway (as if the quota handler had let it).
+	portB := relay()
+	if _, err := r.attach(portB, user, src, dstB); !errors.Is(err, errUnreserved) {
+		t.Errorf("attach without a reservation: %v", err)
+	}
+	if n := r.count(); n != 1 {
+		t.Errorf("%d allocations", n)
+	}
+	if r.get(portB) != nil {
+		t.Error("the allocation without a reservation is not ended")
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if want := map[string]int{account: 1}; !reflect.DeepEqual(r.byAccount, want) {
+		t.Errorf("byAccount %v, want %v", r.byAccount, want)
+	}
+}
+
+// The quota handler tells the listen address an Allocate reached: a client
+// allocates at one of two, and its account's quota of 1 refuses it at the
+// other.
+func TestQuotaPerAccountTwoListeners(t *testing.T) {
+	s := start(t, func(c *Config) {
+		c.MaxAllocationsPerAccount = 1
+		c.ListenUDP = []string{"127.0.0.1:0", "127.0.0.1:0"}
+	}, nil)
+	user, pass := issueFor(s.store, "victim@"+testRealm)
+	rc := newRawClient(t, s.UDPAddrs()[0].String(), user, pass)
+	if res := rc.do(t, stun.MethodAllocate, transportUDP); res.Type.Class != stun.ClassSuccessResponse {
+		t.Fatalf("allocate: %s", res)
+	}
+	other := s.UDPAddrs()[len(s.UDPAddrs())-1].(*net.UDPAddr)
+	if other.Port == rc.server.Port {
+		t.Fatal("one listen address")
+	}
+	rc.server = other
+	res := rc.do(t, stun.MethodAllocate, transportUDP)
+	var code stun.ErrorCodeAttribute
+	if res.Type.Class != stun.ClassErrorResponse || code.GetFrom(res) != nil || code.Code != stun.CodeAllocQuotaReached {
+		t.Errorf("second allocation of the account at the other listener: %s", res)
+	}
+	if n := s.Allocations(); n != 1 {
+		t.Errorf("%d allocations", n)
+	}
+}
+
+// A block that commits while an Allocate's lookup is under way: the
+// lookup read the store before it, the block's recheck ran before the
+// allocation was made; the allocation is checked again at once, not at
+// the next recheck_interval.
+func TestBlockDuringLookup(t *testing.T) {
+	s := start(t, nil, nil)
+	user, pass := issue(s.store)
+	exp, _ := turncred.ParseUsername(user)
+	var once sync.Once
+	s.store.mu.Lock()
+	s.store.during = func() {
+		once.Do(func() {
+			s.store.set(exp, false)
+			s.creds.drop(true)                 // the block's notification
+			s.recheckAll(context.Background()) // and its recheck, which finds nothing yet
+		})
+	}
+	s.store.mu.Unlock()
+	rc := newRawClient(t, s.addr, user, pass)
+	if res := rc.do(t, stun.MethodAllocate, transportUDP); res.Type.Class != stun.ClassSuccessResponse {
+		t.Fatalf("allocate: %s", res)
+	}
+	waitFor(t, "the allocation to end", func() bool { return s.Allocations() == 0 })
+	if v := testutil.ToFloat64(s.m.revoked.WithLabelValues(revokedUnusable)); v != 1 {
+		t.Errorf("revoked{unusable} = %v", v)
 	}
 }
 
@@ -870,7 +985,7 @@ type rawClient struct {
 	tries             int // 0: retransmit until answered, else give up (nil) after that many
 }
 
-func newRawClient(t *testing.T, server, user, pass string) *rawClient {
+func newRawClient(t testing.TB, server, user, pass string) *rawClient {
 	t.Helper()
 	sa, err := net.ResolveUDPAddr("udp4", server)
 	if err != nil {
@@ -906,7 +1021,7 @@ func peerAddr(ip net.IP, port int) stun.Setter {
 
 // do sends a request with the long-term credential, fetching a nonce first
 // when it has none (or a stale one), and returns the response.
-func (c *rawClient) do(t *testing.T, method stun.Method, attrs ...stun.Setter) *stun.Message {
+func (c *rawClient) do(t testing.TB, method stun.Method, attrs ...stun.Setter) *stun.Message {
 	t.Helper()
 	for range 3 {
 		setters := append([]stun.Setter{stun.TransactionID, stun.NewType(method, stun.ClassRequest)}, attrs...)
@@ -935,7 +1050,7 @@ func (c *rawClient) do(t *testing.T, method stun.Method, attrs ...stun.Setter) *
 	return nil
 }
 
-func (c *rawClient) roundTrip(t *testing.T, msg *stun.Message) *stun.Message {
+func (c *rawClient) roundTrip(t testing.TB, msg *stun.Message) *stun.Message {
 	t.Helper()
 	buf := make([]byte, 2000)
 	tries := 10
