@@ -1,9 +1,8 @@
 # Every target loops over the Go modules of the workspace. The daemons'
 # modules come from the daemon table, deploy/daemons, as in scripts/stack.
 DAEMONS := $(shell awk '!/^[[:space:]]*(\#|$$)/ { print $$2 }' deploy/daemons)
-# Daemons built and tested but not yet started by the stack: mxdeliv
-# (issue 13: the receiver and the sender are written, not yet wired).
-STAGED := mxdeliv
+# Daemons built and tested but not yet started by the stack (none now).
+STAGED :=
 MODULES := sidecar $(DAEMONS) $(STAGED) admin integration
 DAEMON_MODULES := sidecar $(DAEMONS) $(STAGED)
 # Modules with unit tests but no daemon (and no fuzz targets).

@@ -4,10 +4,16 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,11 +23,13 @@ import (
 )
 
 // TestFederation: two stacks, each in a network namespace of its own,
-// exchange mail over SMTP as two chatmail servers on the Internet do: by
-// the DNS's MX records, over TLS verified against the test CA, DKIM-signed
+// exchange mail as two chatmail servers on the Internet do: by the DNS's
+// MX records, over HTTPS /mxdeliv where chatmail-mxdeliv runs (else SMTP),
+// over TLS verified against the test CA, DKIM-signed
 // by the sender's server and verified by the receiver's with the key from
 // the DNS. A user of A and a user of B meet by SecureJoin and exchange
-// messages and a 1 MB file; cleartext from A to B stops at A.
+// messages and a 1 MB file; cleartext from A to B stops at A, and
+// cleartext POSTed to B's /mxdeliv is refused with 523.
 func TestFederation(t *testing.T) {
 	a, b := stack.Federation(t)
 	wantFederationDNS(t, a, b)
@@ -84,6 +92,26 @@ func TestFederation(t *testing.T) {
 		t.Errorf("cleartext from A to B at A's submission: %d %s, want 523", code, text)
 	}
 
+	if a.Env["MXDELIV_ROUTE"] == "on" && b.Env["MXDELIV_ROUTE"] == "on" {
+		// Over /mxdeliv: each sender's recipients were delivered over
+		// HTTPS (its TLS verified against the test CA: nothing else is
+		// trusted) and none over SMTP; each receiver delivered them.
+		for _, c := range []struct{ from, to *stack.Stack }{{a, b}, {b, a}} {
+			sent := nsMetrics(t, c.from, "MXDELIV_METRICS", "chatmail_mxdeliv_")
+			if n := sent[viaHTTPS]; n < 1 {
+				t.Errorf("%s's sender delivered %v recipients over /mxdeliv, want some", c.from.Domain, n)
+			}
+			if n := sent[viaSMTP]; n != 0 {
+				t.Errorf("%s's sender delivered %v recipients over SMTP, want none", c.from.Domain, n)
+			}
+			got := nsMetrics(t, c.to, "MXDELIV_METRICS", "chatmail_mxdeliv_")
+			if n := got["chatmail_mxdeliv_delivered_recipients_total"]; n < 1 {
+				t.Errorf("%s's receiver delivered %v recipients, want some", c.to.Domain, n)
+			}
+		}
+		wantCleartextRefusedOverMxdeliv(t, b, alice.Addr, bob.Addr)
+		return
+	}
 	// Each Postfix verified the other's certificate against the test CA.
 	for _, c := range []struct{ from, to *stack.Stack }{{a, b}, {b, a}} {
 		want := "Verified TLS connection established to mx." + c.to.Domain
@@ -94,6 +122,144 @@ func TestFederation(t *testing.T) {
 			return nil
 		})
 	}
+}
+
+// The sender's series of recipients delivered, by path.
+const (
+	viaHTTPS = `chatmail_mxdeliv_recipients_total{result="delivered",via="https"}`
+	viaSMTP  = `chatmail_mxdeliv_recipients_total{result="delivered",via="smtp"}`
+)
+
+// TestFederationSMTPFallback: with B's chatmail-mxdeliv stopped, A's
+// sender finds no /mxdeliv at B and delivers over SMTP to B's Postfix in
+// the same attempt (STARTTLS, verified against the test CA); B's own
+// outgoing mail waits in B's queue until its sender is back.
+func TestFederationSMTPFallback(t *testing.T) {
+	a, b := stack.Federation(t)
+	if a.Env["MXDELIV_ROUTE"] != "on" || b.Env["MXDELIV_ROUTE"] != "on" {
+		t.Fatal("the stacks do not route outgoing mail through chatmail-mxdeliv (no MXDELIV_ROUTE=on in stack.env)")
+	}
+	rpc := startDeltaChat(t)
+	alice := newChatter(t, rpc, a, "Alice of A")
+	bob := newChatter(t, rpc, b, "Bob of B")
+	bobChat, bobInAlice := secureJoin(t, alice, bob, 0)
+	aliceChat := alice.oneToOne(t, bobInAlice)
+
+	b.Run(t, "stop", "mxdeliv")
+	before := nsMetrics(t, a, "MXDELIV_METRICS", "chatmail_mxdeliv_")
+	hello := secret("hello Bob, over SMTP")
+	send(t, alice, aliceChat, deltachat.MessageData{Text: hello})
+	receive(t, bob, alice, bobChat, hello)
+
+	content := make([]byte, 1<<20)
+	rand.Read(content)
+	path := filepath.Join(t.TempDir(), "upload.bin")
+	if err := os.WriteFile(path, content, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fileName := "fallback-" + rand.Text()[:6] + ".bin"
+	text := secret("a file from A, over SMTP")
+	send(t, alice, aliceChat, deltachat.MessageData{Text: text, File: path, FileName: fileName, ViewType: "File"})
+	msg := receive(t, bob, alice, bobChat, text)
+	got, err := os.ReadFile(msg.File)
+	if err != nil {
+		t.Fatalf("Bob's copy of the file: %v", err)
+	}
+	if sha256.Sum256(got) != sha256.Sum256(content) || msg.FileName != fileName {
+		t.Errorf("Bob got %q, %d bytes; want %q, %d bytes", msg.FileName, len(got), fileName, len(content))
+	}
+	after := nsMetrics(t, a, "MXDELIV_METRICS", "chatmail_mxdeliv_")
+	if d := after[viaSMTP] - before[viaSMTP]; d < 2 {
+		t.Errorf("A's sender delivered %v recipients over SMTP while B's /mxdeliv was down, want 2 or more", d)
+	}
+	if d := after[viaHTTPS] - before[viaHTTPS]; d != 0 {
+		t.Errorf("A's sender delivered %v recipients over /mxdeliv while B's was down", d)
+	}
+	if !strings.Contains(b.Log(t, "mail.log"), "from mx."+a.Domain) {
+		t.Errorf("B's mail.log names no SMTP connection from mx.%s", a.Domain)
+	}
+	wantServerBlind(t, b, []*chatter{bob}, []string{hello, text, fileName})
+
+	// B's reply: its sender is down, so Postfix keeps it; back up, the
+	// queue flushed, it arrives over /mxdeliv (A's is up).
+	reply := secret("hello Alice, after the outage")
+	send(t, bob, bobChat, deltachat.MessageData{Text: reply})
+	b.Run(t, "start", "mxdeliv")
+	if out, err := b.Command("postqueue", "-c", b.Env["POSTFIX_CONFIG_DIR"], "-f").CombinedOutput(); err != nil {
+		t.Fatalf("postqueue -f at B: %v\n%s", err, out)
+	}
+	receive(t, alice, bob, aliceChat, reply)
+	if n := nsMetrics(t, b, "MXDELIV_METRICS", "chatmail_mxdeliv_")[viaHTTPS]; n < 1 {
+		t.Errorf("B's restarted sender delivered %v recipients over /mxdeliv, want some", n)
+	}
+}
+
+// wantCleartextRefusedOverMxdeliv POSTs a cleartext message straight to
+// s's /mxdeliv, as another server's sender would (from the root
+// namespace, trusting the test CA): 400 with the 523 reply.
+func wantCleartextRefusedOverMxdeliv(t *testing.T, s *stack.Stack, from, to string) {
+	t.Helper()
+	pem, err := os.ReadFile(s.Env["FED_CA_FILE"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		t.Fatalf("no certificate in %s", s.Env["FED_CA_FILE"])
+	}
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	defer client.CloseIdleConnections()
+	body := strings.ReplaceAll(fixture(t, "neg-plain.eml", from, to), "\r\n", "\n")
+	body = strings.ReplaceAll(body, "\n", "\r\n")
+	req, err := http.NewRequest(http.MethodPost, s.Env["MXDELIV_URL"], strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Mail-From", from)
+	req.Header.Set("X-Mail-To", to)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("POST %s: %v", s.Env["MXDELIV_URL"], err)
+	}
+	defer resp.Body.Close()
+	answer, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadRequest || !strings.HasPrefix(string(answer), "523 ") {
+		t.Errorf("cleartext POSTed to %s's /mxdeliv: %d %q, want 400 \"523 ...\"", s.Domain, resp.StatusCode, answer)
+	}
+}
+
+// nsMetrics reads the series of a daemon's metrics listener (stack.env's
+// key, on the stack's own loopback: in its network namespace) whose names
+// start with prefix.
+func nsMetrics(t *testing.T, s *stack.Stack, key, prefix string) map[string]float64 {
+	t.Helper()
+	_, port, err := net.SplitHostPort(s.Env[key])
+	if err != nil {
+		t.Fatalf("%s: %v", key, err)
+	}
+	script := "exec 3<>/dev/tcp/127.0.0.1/" + port + " && printf 'GET /metrics HTTP/1.0\\r\\nHost: 127.0.0.1\\r\\n\\r\\n' >&3 && cat <&3"
+	out, err := exec.Command("ip", "netns", "exec", s.Env["NETNS"], "bash", "-c", script).Output()
+	if err != nil {
+		t.Fatalf("metrics of %s (%s): %v", s.Domain, key, err)
+	}
+	_, text, ok := strings.Cut(string(out), "\r\n\r\n")
+	if !ok {
+		t.Fatalf("metrics of %s: no HTTP answer: %q", s.Domain, out)
+	}
+	m := map[string]float64{}
+	for line := range strings.Lines(text) {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, prefix) {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if i < 0 || err != nil {
+			t.Fatalf("metrics line %q", line)
+		}
+		m[line[:i]] = v
+	}
+	return m
 }
 
 // wantFederationDNS checks what the federation's DNS server answers: the MX

@@ -43,7 +43,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.01, 2.5, 12), // 10 ms to about 10 min
 		}, []string{"via"}),
 		Size: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "chatmail_mxdeliv_message_size_bytes",
+			Name:    "chatmail_mxdeliv_sent_message_size_bytes", // the receiver's is chatmail_mxdeliv_message_size_bytes
 			Help:    "Size of the messages taken from Postfix.",
 			Buckets: prometheus.ExponentialBuckets(1024, 4, 10), // 1 KiB to 256 MiB
 		}),

@@ -33,6 +33,21 @@ import (
 //	unknown_per_minute = 1.0        # ...then this many a minute
 //	metrics = "127.0.0.1:9733"
 //
+//	# The sender: outgoing mail Postfix hands over LMTP (its mxdeliv
+//	# transport), delivered by POST https://MX/mxdeliv, SMTP with STARTTLS
+//	# as the fallback (package sender). "" runs the receiver only.
+//	lmtp_listen = ""                # e.g. "/var/spool/postfix/chatmail-mxdeliv/lmtp.sock"
+//	lmtp_listen_mode = "0660"
+//	lmtp_listen_group = "postfix"   # Postfix's lmtp client keeps no other group
+//	hostname = ""                   # our name in EHLO and LHLO, e.g. "mx.chat.example.org"; required with lmtp_listen
+//	ca_file = ""                    # PEM roots peers' certificates must chain to; "" is the system roots
+//	insecure_tls_domains = []       # recipient domains whose certificates are not verified (test setups only)
+//	connect_timeout = "30s"         # a TCP connect and a TLS handshake
+//	http_timeout = "60s"            # one POST, body and answer
+//	delivery_timeout = "8m"         # one domain, every MX and both paths; under Postfix's lmtp_data_done_timeout
+//	smtp_only_ttl = "30m"           # a host whose POST failed and SMTP took the mail: SMTP only for this long; "0s" never
+//	destination_concurrency = 20    # deliveries in progress per recipient domain
+//
 // The mail rules are the milter's: verify_dkim, dkim_keys_dir and
 // dns_timeout of [milter] (mailpolicy.Config) are read from that section
 // of the same file, so that mail over /mxdeliv and over SMTP is judged
@@ -54,6 +69,18 @@ type Config struct {
 	UnknownBurst     int             `toml:"unknown_burst"`
 	UnknownPerMinute float64         `toml:"unknown_per_minute"`
 	Metrics          string          `toml:"metrics"`
+
+	LMTPListen             string          `toml:"lmtp_listen"`
+	LMTPListenMode         config.FileMode `toml:"lmtp_listen_mode"`
+	LMTPListenGroup        string          `toml:"lmtp_listen_group"`
+	Hostname               string          `toml:"hostname"`
+	CAFile                 string          `toml:"ca_file"`
+	InsecureTLSDomains     []string        `toml:"insecure_tls_domains"`
+	ConnectTimeout         config.Duration `toml:"connect_timeout"`
+	HTTPTimeout            config.Duration `toml:"http_timeout"`
+	DeliveryTimeout        config.Duration `toml:"delivery_timeout"`
+	SMTPOnlyTTL            config.Duration `toml:"smtp_only_ttl"`
+	DestinationConcurrency int             `toml:"destination_concurrency"`
 }
 
 // Defaults returns the section before the file is applied.
@@ -70,6 +97,15 @@ func Defaults() Config {
 		UnknownBurst:     10,
 		UnknownPerMinute: 1,
 		Metrics:          "127.0.0.1:9733",
+
+		LMTPListenMode:         0o660,
+		LMTPListenGroup:        "postfix",
+		InsecureTLSDomains:     []string{},
+		ConnectTimeout:         config.Duration(30 * time.Second),
+		HTTPTimeout:            config.Duration(60 * time.Second),
+		DeliveryTimeout:        config.Duration(8 * time.Minute),
+		SMTPOnlyTTL:            config.Duration(30 * time.Minute),
+		DestinationConcurrency: 20,
 	}
 }
 
@@ -117,7 +153,50 @@ func (c *Config) Validate() error {
 	if !(c.UnknownPerMinute > 0) || c.UnknownPerMinute > 1e6 {
 		return &config.Error{Key: "unknown_per_minute", Msg: "must be positive"}
 	}
+	if err := c.validateSender(); err != nil {
+		return err
+	}
 	return config.CheckLoopback("metrics", c.Metrics)
+}
+
+// validateSender checks the sender's keys; with lmtp_listen "" they are
+// not used.
+func (c *Config) validateSender() error {
+	if c.LMTPListen == "" {
+		return nil
+	}
+	if !filepath.IsAbs(c.LMTPListen) {
+		return &config.Error{Key: "lmtp_listen", Msg: "must be the absolute path of the unix socket Postfix delivers to"}
+	}
+	if c.Hostname == "" || strings.ContainsAny(c.Hostname, " \t\r\n") {
+		return &config.Error{Key: "hostname", Msg: "must be our mail server's name (EHLO), e.g. mx.chat.example.org"}
+	}
+	if c.CAFile != "" && !filepath.IsAbs(c.CAFile) {
+		return &config.Error{Key: "ca_file", Msg: "must be an absolute path"}
+	}
+	for _, d := range c.InsecureTLSDomains {
+		if d == "" || strings.ContainsAny(d, "@ \t") {
+			return &config.Error{Key: "insecure_tls_domains", Msg: fmt.Sprintf("%q is not a domain", d)}
+		}
+	}
+	for _, d := range []struct {
+		key string
+		v   config.Duration
+	}{{"connect_timeout", c.ConnectTimeout}, {"http_timeout", c.HTTPTimeout}, {"delivery_timeout", c.DeliveryTimeout}} {
+		if d.v <= 0 {
+			return &config.Error{Key: d.key, Msg: "must be positive"}
+		}
+	}
+	if c.DeliveryTimeout.D() < c.HTTPTimeout.D() {
+		return &config.Error{Key: "delivery_timeout", Msg: "must be at least http_timeout"}
+	}
+	if c.SMTPOnlyTTL < 0 {
+		return &config.Error{Key: "smtp_only_ttl", Msg: "must not be negative (0: never SMTP only)"}
+	}
+	if c.DestinationConcurrency < 1 {
+		return &config.Error{Key: "destination_concurrency", Msg: "must be at least 1"}
+	}
+	return nil
 }
 
 // MetricsAddr implements daemon.Section.

@@ -2,6 +2,7 @@ package server
 
 import (
 	"testing"
+	"time"
 
 	"chatmail.dev/sidecar/config"
 )
@@ -47,5 +48,48 @@ listen = "inet:127.0.0.1:1"
 	}
 	if _, err := ParsePolicyConfig("[milter]\ndns_timeout = \"0s\"\n"); err == nil {
 		t.Error("bad [milter] accepted")
+	}
+}
+
+func TestExample(t *testing.T) {
+	if err := config.CheckExample("../../chatmail.toml.example", "mxdeliv", Defaults); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSenderKeys: the sender's keys are checked only with lmtp_listen, and
+// map onto sender.Config.
+func TestSenderKeys(t *testing.T) {
+	base := "[mail]\ndomains = [\"chat.example\"]\n[mxdeliv]\n"
+	for _, bad := range []string{
+		"lmtp_listen = \"rel.sock\"\nhostname = \"mx.chat.example\"\n",
+		"lmtp_listen = \"/run/l.sock\"\n",
+		"lmtp_listen = \"/run/l.sock\"\nhostname = \"mx.chat.example\"\nca_file = \"ca.pem\"\n",
+		"lmtp_listen = \"/run/l.sock\"\nhostname = \"mx.chat.example\"\nhttp_timeout = \"0s\"\n",
+		"lmtp_listen = \"/run/l.sock\"\nhostname = \"mx.chat.example\"\nhttp_timeout = \"10m\"\n",
+		"lmtp_listen = \"/run/l.sock\"\nhostname = \"mx.chat.example\"\ndestination_concurrency = 0\n",
+		"lmtp_listen = \"/run/l.sock\"\nhostname = \"mx.chat.example\"\ninsecure_tls_domains = [\"a@b\"]\n",
+	} {
+		c := Defaults()
+		if _, err := config.Parse(base+bad, "mxdeliv", &c); err == nil || !config.IsError(err) {
+			t.Errorf("%q accepted: %v", bad, err)
+		}
+	}
+	c := Defaults()
+	if _, err := config.Parse(base+"hostname = \"\"\ndestination_concurrency = 0\n", "mxdeliv", &c); err != nil {
+		t.Errorf("sender keys checked without lmtp_listen: %v", err)
+	}
+	c = Defaults()
+	text := base + "lmtp_listen = \"/run/l.sock\"\nhostname = \"mx.chat.example\"\nca_file = \"/etc/ca.pem\"\n" +
+		"insecure_tls_domains = [\"Test.Example\"]\nconnect_timeout = \"3s\"\nhttp_timeout = \"4s\"\n" +
+		"delivery_timeout = \"5s\"\nsmtp_only_ttl = \"0s\"\ndestination_concurrency = 7\n"
+	if _, err := config.Parse(text, "mxdeliv", &c); err != nil {
+		t.Fatal(err)
+	}
+	sc := SenderConfig(&c)
+	if sc.Hostname != "mx.chat.example" || sc.ConnectTimeout != 3*time.Second || sc.HTTPTimeout != 4*time.Second ||
+		sc.DeliveryTimeout != 5*time.Second || sc.SMTPOnlyTTL >= 0 || sc.DestinationConcurrency != 7 ||
+		len(sc.InsecureTLSDomains) != 1 || sc.HTTPSPort != 0 || sc.SMTPPort != 0 {
+		t.Errorf("%+v", sc)
 	}
 }

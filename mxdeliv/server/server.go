@@ -1,12 +1,15 @@
 // Package server runs chatmail-mxdeliv: the /mxdeliv receiver
 // (package receiver) on a plain HTTP listener for the web server in front
 // and, optionally, an HTTPS listener of its own, with the account store
-// and the milter's mail rules.
+// and the milter's mail rules; and, with lmtp_listen, the sender (package
+// sender): the LMTP socket Postfix's mxdeliv transport delivers outgoing
+// mail to. All listeners drain together on SIGTERM.
 package server
 
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"net"
@@ -17,6 +20,7 @@ import (
 	"time"
 
 	"chatmail.dev/mxdeliv/receiver"
+	"chatmail.dev/mxdeliv/sender"
 	"chatmail.dev/sidecar/accounts"
 	"chatmail.dev/sidecar/config"
 	"chatmail.dev/sidecar/connserve"
@@ -87,8 +91,76 @@ func Run(ctx context.Context, env *daemon.Env, cfg *Config) error {
 		}
 		bindings = append(bindings, daemon.On(NewServer(h, cfg, tlsConf, env.Log), tln))
 	}
-	env.Log.Info("serving", "listen", cfg.Listen, "tls_listen", cfg.TLSListen, "lmtp", cfg.LMTPSocket)
+	if cfg.LMTPListen != "" {
+		srv, err := newSender(cfg, env)
+		if err != nil {
+			closeAll(bindings)
+			return err
+		}
+		lln, err := unixsock.Listen(cfg.LMTPListen, uint32(cfg.LMTPListenMode), cfg.LMTPListenGroup)
+		if err != nil {
+			closeAll(bindings)
+			return err
+		}
+		bindings = append(bindings, daemon.On(srv, lln))
+	}
+	env.Log.Info("serving", "listen", cfg.Listen, "tls_listen", cfg.TLSListen, "lmtp", cfg.LMTPSocket, "lmtp_listen", cfg.LMTPListen)
 	return env.Serve(ctx, bindings...)
+}
+
+func closeAll(bs []daemon.Binding) {
+	for _, b := range bs {
+		_ = b.Listener.Close() // the error that stopped the start is the one to report
+	}
+}
+
+// newSender is the sender's LMTP server for Postfix (lmtp_listen): the
+// peers' certificates verified against ca_file (or the system roots).
+func newSender(cfg *Config, env *daemon.Env) (*sender.Server, error) {
+	sc := SenderConfig(cfg)
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, &config.Error{Key: "mxdeliv.ca_file", Msg: err.Error()}
+		}
+		sc.RootCAs = x509.NewCertPool()
+		if !sc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, &config.Error{Key: "mxdeliv.ca_file", Msg: "no PEM certificate in it"}
+		}
+	}
+	m := sender.NewMetrics(env.Registry)
+	snd, err := sender.New(sc, env.Log, m)
+	if err != nil {
+		return nil, &config.Error{Key: "mxdeliv.hostname", Msg: err.Error()}
+	}
+	return &sender.Server{
+		Deliverer: snd,
+		Hostname:  cfg.Hostname,
+		Log:       env.Log,
+		Metrics:   m,
+		Panics:    env.Panics,
+		SpoolDir:  cfg.SpoolDir,
+		// Postfix's message_size_limit is at most max_message_size.
+		MaxMessageSize: cfg.MaxMessageSize,
+	}, nil
+}
+
+// SenderConfig is the sender's part of the section (without RootCAs,
+// which newSender reads from ca_file).
+func SenderConfig(cfg *Config) sender.Config {
+	ttl := cfg.SMTPOnlyTTL.D()
+	if ttl == 0 {
+		ttl = -1 // sender.Config: 0 is its default, negative never
+	}
+	return sender.Config{
+		Hostname:               cfg.Hostname,
+		InsecureTLSDomains:     append([]string(nil), cfg.InsecureTLSDomains...),
+		ConnectTimeout:         cfg.ConnectTimeout.D(),
+		HTTPTimeout:            cfg.HTTPTimeout.D(),
+		DeliveryTimeout:        cfg.DeliveryTimeout.D(),
+		SMTPOnlyTTL:            ttl,
+		DestinationConcurrency: cfg.DestinationConcurrency,
+	}
 }
 
 func listen(addr string, cfg *Config) (net.Listener, error) {
