@@ -301,6 +301,11 @@ func (s *Server) recoverPanic(what string, ok *bool) {
 	if ok != nil {
 		*ok = false
 	}
+	s.countPanic(what, v)
+}
+
+// countPanic counts and logs a recovered panic.
+func (s *Server) countPanic(what string, v any) {
 	if s.panics != nil {
 		s.panics.Inc()
 	}
@@ -664,7 +669,15 @@ type tcpConn struct {
 	release   func()
 }
 
-func (c *tcpConn) Read(p []byte) (int, error) {
+func (c *tcpConn) Read(p []byte) (n int, err error) {
+	// pion's read loop has no recover: a bug in the framing check must
+	// close this connection, not end every call the server relays.
+	defer func() {
+		if v := recover(); v != nil {
+			c.s.countPanic("tcp read", v)
+			n, err = 0, errBadFrame
+		}
+	}()
 	now := time.Now()
 	var deadline time.Time
 	if c.s.relays.hasAllocation(c.key) {
@@ -688,7 +701,7 @@ func (c *tcpConn) Read(p []byte) (int, error) {
 	if err := c.Conn.SetReadDeadline(deadline); err != nil {
 		return 0, err
 	}
-	n, err := c.Conn.Read(p)
+	n, err = c.Conn.Read(p)
 	if n > 0 {
 		// A chunk refused is never given to pion: its framing could
 		// loop on it forever.
@@ -724,7 +737,14 @@ func (c *tcpConn) track(b []byte) error {
 			c.seen = avail
 			return nil
 		}
-		b = b[size-c.seen:]
+		if size < c.seen {
+			// pion tells ChannelData only once 9 bytes are in, and one of
+			// 4 to 8 bytes is then shorter than what was in: the rest of
+			// those bytes starts the next message. (Rare: a copy.)
+			b = append(append([]byte(nil), c.hdr[size:c.seen]...), b...)
+		} else {
+			b = b[size-c.seen:]
+		}
 		c.seen = 0
 		c.msgs++
 		c.msgBy = time.Time{}
