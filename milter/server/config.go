@@ -1,11 +1,9 @@
 package server
 
 import (
-	"fmt"
-	"strings"
-
 	"chatmail.dev/sidecar/config"
 	"chatmail.dev/sidecar/mailpolicy"
+	"chatmail.dev/sidecar/unixsock"
 )
 
 // Config is the [milter] section of the chatmail config file: where the
@@ -41,7 +39,7 @@ func Defaults() Config {
 
 // Validate implements config.Validator.
 func (c *Config) Validate() error {
-	if _, _, err := ParseListen(c.Listen); err != nil {
+	if _, _, err := unixsock.ParseAddr(c.Listen); err != nil {
 		return &config.Error{Key: "listen", Msg: err.Error()}
 	}
 	if err := config.CheckLoopback("metrics", c.Metrics); err != nil {
@@ -52,16 +50,3 @@ func (c *Config) Validate() error {
 
 // MetricsAddr implements daemon.Section.
 func (c *Config) MetricsAddr() string { return c.Metrics }
-
-// ParseListen splits a Postfix-style milter address, "unix:/path" or
-// "inet:host:port", into a network and address for net.Listen.
-func ParseListen(s string) (network, addr string, err error) {
-	kind, rest, _ := strings.Cut(s, ":")
-	switch {
-	case kind == "unix" && strings.HasPrefix(rest, "/"):
-		return "unix", rest, nil
-	case kind == "inet" && rest != "":
-		return "tcp", rest, nil
-	}
-	return "", "", fmt.Errorf("%q: want unix:/absolute/path or inet:host:port", s)
-}

@@ -119,14 +119,10 @@ const protocol = milter.OptNoConnect | milter.OptNoHelo | milter.OptNoUnknown | 
 // Listen opens the listener for a [milter] listen address. For a unix
 // socket it removes a stale socket first and sets mode and group.
 func Listen(cfg *Config) (net.Listener, error) {
-	network, addr, err := ParseListen(cfg.Listen)
-	if err != nil {
+	if _, _, err := unixsock.ParseAddr(cfg.Listen); err != nil {
 		return nil, &config.Error{Key: "milter.listen", Msg: err.Error()}
 	}
-	if network == "unix" {
-		return unixsock.Listen(addr, uint32(cfg.SocketMode), cfg.SocketGroup)
-	}
-	return net.Listen(network, addr)
+	return unixsock.ListenAddr(cfg.Listen, uint32(cfg.SocketMode), cfg.SocketGroup)
 }
 
 // backend handles the callbacks of one message. go-milter makes a new one

@@ -11,6 +11,7 @@ import (
 
 	"chatmail.dev/sidecar/config"
 	"chatmail.dev/sidecar/mailpolicy"
+	"chatmail.dev/sidecar/unixsock"
 )
 
 // Config is the [mxdeliv] section of the chatmail config file.
@@ -115,11 +116,11 @@ const maxRequestTimeout = DrainTimeout - 5*time.Second
 
 // Validate implements config.Validator.
 func (c *Config) Validate() error {
-	if _, _, err := ParseListen(c.Listen); err != nil {
+	if _, _, err := unixsock.ParseAddr(c.Listen); err != nil {
 		return &config.Error{Key: "listen", Msg: err.Error()}
 	}
 	if c.TLSListen != "" {
-		if _, _, err := ParseListen(c.TLSListen); err != nil {
+		if _, _, err := unixsock.ParseAddr(c.TLSListen); err != nil {
 			return &config.Error{Key: "tls_listen", Msg: err.Error()}
 		}
 		if c.TLSCertFile == "" || c.TLSKeyFile == "" {
@@ -201,19 +202,6 @@ func (c *Config) validateSender() error {
 
 // MetricsAddr implements daemon.Section.
 func (c *Config) MetricsAddr() string { return c.Metrics }
-
-// ParseListen splits "unix:/path" or "inet:host:port" into a network and
-// address for net.Listen (the milter's form).
-func ParseListen(s string) (network, addr string, err error) {
-	kind, rest, _ := strings.Cut(s, ":")
-	switch {
-	case kind == "unix" && strings.HasPrefix(rest, "/"):
-		return "unix", rest, nil
-	case kind == "inet" && rest != "":
-		return "tcp", rest, nil
-	}
-	return "", "", fmt.Errorf("%q: want unix:/absolute/path or inet:host:port", s)
-}
 
 // PolicyConfig reads the mail rules' settings from the [milter] section
 // of the file at path, over mailpolicy.Defaults(), and checks them. The

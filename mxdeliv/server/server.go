@@ -164,14 +164,10 @@ func SenderConfig(cfg *Config) sender.Config {
 }
 
 func listen(addr string, cfg *Config) (net.Listener, error) {
-	network, a, err := ParseListen(addr)
-	if err != nil {
+	if _, _, err := unixsock.ParseAddr(addr); err != nil {
 		return nil, &config.Error{Key: "mxdeliv.listen", Msg: err.Error()}
 	}
-	if network == "unix" {
-		return unixsock.Listen(a, uint32(cfg.SocketMode), cfg.SocketGroup)
-	}
-	return net.Listen(network, a)
+	return unixsock.ListenAddr(addr, uint32(cfg.SocketMode), cfg.SocketGroup)
 }
 
 // Server is an http.Server in the shape of the daemons' protocol servers:

@@ -1,5 +1,6 @@
 // Package unixsock binds the unix sockets through which Dovecot and Postfix
-// reach the daemons.
+// reach the daemons, and the listen addresses that may name either a unix
+// socket or a TCP port.
 package unixsock
 
 import (
@@ -11,6 +12,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -66,4 +68,31 @@ func Listen(path string, mode uint32, group string) (net.Listener, error) {
 		}
 	}
 	return ln, nil
+}
+
+// ParseAddr splits a daemon's listen address, "unix:/absolute/path" or
+// "inet:host:port" (the form of Postfix's milter addresses), into a
+// network and an address for net.Listen.
+func ParseAddr(s string) (network, addr string, err error) {
+	kind, rest, _ := strings.Cut(s, ":")
+	switch {
+	case kind == "unix" && strings.HasPrefix(rest, "/"):
+		return "unix", rest, nil
+	case kind == "inet" && rest != "":
+		return "tcp", rest, nil
+	}
+	return "", "", fmt.Errorf("%q: want unix:/absolute/path or inet:host:port", s)
+}
+
+// ListenAddr listens on a ParseAddr address: a unix socket as Listen makes
+// it (stale socket removed, mode and group set), a TCP one plainly.
+func ListenAddr(s string, mode uint32, group string) (net.Listener, error) {
+	network, addr, err := ParseAddr(s)
+	if err != nil {
+		return nil, err
+	}
+	if network == "unix" {
+		return Listen(addr, mode, group)
+	}
+	return net.Listen(network, addr)
 }

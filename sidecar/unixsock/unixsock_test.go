@@ -61,3 +61,29 @@ func TestListen(t *testing.T) {
 		t.Fatal("socket left behind after a failed Listen")
 	}
 }
+
+func TestParseAddr(t *testing.T) {
+	for in, want := range map[string][2]string{
+		"unix:/run/x.sock":     {"unix", "/run/x.sock"},
+		"inet:127.0.0.1:10082": {"tcp", "127.0.0.1:10082"},
+		"inet:[::1]:443":       {"tcp", "[::1]:443"},
+	} {
+		n, a, err := ParseAddr(in)
+		if err != nil || n != want[0] || a != want[1] {
+			t.Errorf("ParseAddr(%q) = %q %q %v, want %q", in, n, a, err, want)
+		}
+	}
+	for _, bad := range []string{"", "unix:relative.sock", "inet:", "tcp:127.0.0.1:1", "/run/x.sock"} {
+		if _, _, err := ParseAddr(bad); err == nil {
+			t.Errorf("ParseAddr(%q) accepted", bad)
+		}
+	}
+	dir := t.TempDir()
+	for _, addr := range []string{"unix:" + filepath.Join(dir, "s.sock"), "inet:127.0.0.1:0"} {
+		ln, err := ListenAddr(addr, 0o600, "")
+		if err != nil {
+			t.Fatalf("ListenAddr(%q): %v", addr, err)
+		}
+		ln.Close()
+	}
+}
