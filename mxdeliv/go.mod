@@ -7,6 +7,7 @@ require (
 	github.com/BurntSushi/toml v1.6.0
 	github.com/emersion/go-msgauth v0.7.0
 	github.com/prometheus/client_golang v1.25.0
+	golang.org/x/net v0.62.0
 )
 
 require (

@@ -17,10 +17,14 @@ const (
 	// outFallback: the peer has no /mxdeliv we understand, or it failed;
 	// SMTP to the same host is tried in the same attempt.
 	outFallback outcome = "fallback"
+	// outSplit: a receiver we understand refused one of several
+	// recipients; SMTP to the same host gives each its own answer, and
+	// the host keeps its /mxdeliv (it is not remembered as SMTP-only).
+	outSplit outcome = "split"
 )
 
 // outcomes lists them for pre-created metrics.
-var outcomes = []outcome{outDelivered, outFinal, outFallback}
+var outcomes = []outcome{outDelivered, outFinal, outFallback, outSplit}
 
 // maxAnswerBody bounds what is read of an answer's body: the receivers
 // answer one short line.
@@ -42,7 +46,12 @@ func classifyAnswer(status int, body []byte, nrcpt int) (outcome, Reply) {
 	text := strings.TrimSpace(string(line))
 	via := func(r Reply) Reply { r.Via = ViaHTTPS; return r }
 	switch {
-	case status >= 200 && status <= 299:
+	case status == 200:
+		if !acknowledgement(text) {
+			// A web server that is no receiver (a soft 404 page)
+			// must not swallow the mail.
+			return outFallback, Reply{}
+		}
 		return outDelivered, via(replyDelivered)
 	case status == 400:
 		r, ok := parseReplyLine(text)
@@ -55,30 +64,43 @@ func classifyAnswer(status int, body []byte, nrcpt int) (outcome, Reply) {
 		if nrcpt > 1 && recipientLevel(r, text) {
 			// One recipient's failure in a POST for several: SMTP
 			// gives each its own answer.
-			return outFallback, Reply{}
+			return outSplit, Reply{}
 		}
 		return outFinal, via(r)
 	case status == 413:
+		// The receivers' own words only: a web server in front with a
+		// smaller body limit (nginx's default is 1 MiB) answers 413 too,
+		// and its MX may well take the message over SMTP.
 		if r, ok := parseReplyLine(text); ok && r.Permanent() {
 			return outFinal, via(r)
 		}
-		return outFinal, via(replyTooBig)
-	case status == 403:
-		switch {
-		case strings.HasPrefix(text, "Encryption Needed"):
-			return outFinal, via(replyEncryption)
-		case text == "Forbidden":
-			return outFinal, via(replyForbidden)
+		if text == "message too large" {
+			return outFinal, via(replyTooBig)
 		}
 		return outFallback, Reply{}
+	case status == 403 && strings.HasPrefix(text, "Encryption Needed"):
+		return outFinal, via(replyEncryption)
 	case status == 404 && text == "No valid recipients":
 		return outFinal, via(replyNoValidRcpts)
 	case status == 507 && text == "quota":
 		return outFinal, via(replyQuota)
 	}
-	// 3xx (redirects are not followed), 404 and 405 without a receiver's
-	// words, 429, 5xx: no usable /mxdeliv here now.
+	// Other 2xx, 3xx (redirects are not followed), 403 (madmail's
+	// "Forbidden" is also any web server's), 404 and 405 without a
+	// receiver's words, 429, 5xx: no usable /mxdeliv here now; the
+	// peer's SMTP speaks for itself.
 	return outFallback, Reply{}
+}
+
+// acknowledgement reports whether the first line of a 200 answer is one a
+// receiver gives on success: the reference relay's "250 OK" (or its
+// Postfix's 2xx reply), madmail's "OK" or its empty body.
+func acknowledgement(text string) bool {
+	if text == "" || text == "OK" {
+		return true
+	}
+	r, ok := parseReplyLine(text)
+	return ok && r.OK()
 }
 
 // recipientLevel reports whether a rejection in a 400 answer may concern

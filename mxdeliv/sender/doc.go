@@ -42,21 +42,25 @@
 // and madmail 0.47, and what a recipient gets:
 //
 //	answer                                        result                      SMTP tried
-//	2xx (200 "250 OK", 200 "OK", 200 empty)       250 2.0.0 delivered          no
+//	200 "250 OK" (or a 2xx reply), "OK", empty   250 2.0.0 delivered          no
 //	400 "5xx text", message-level                 that reply, permanent        no
 //	   (523 Encryption Needed, 554 5.7.1 DKIM, 500 Invalid DATA, 552)
 //	400 "5xx text", recipient-level, 1 recipient  that reply, permanent        no
-//	400 "5xx/4xx text", recipient-level, several  -                            yes
+//	400 "5xx/4xx text", recipient-level, several  -                            yes, once
 //	   (an x.1.x status, or "(forwarded from": the relay's re-injection,
-//	   which rejects for one recipient what SMTP answers per recipient)
+//	   which rejects for one recipient what SMTP answers per recipient;
+//	   the host is not remembered as SMTP-only)
 //	400 "4xx text", message-level                 that reply, temporary        no
 //	400 text that is not an SMTP reply            -                            yes
-//	413 (relay "552 …", madmail)                  552 5.3.4 (or its 5xx text)  no
+//	413 "552 …" (relay), "message too large"      552 5.3.4 (or its 5xx text)  no
+//	   (madmail)
 //	403 "Encryption Needed: …" (madmail)          523 5.7.1, permanent         no
-//	403 "Forbidden" (madmail federation policy)   550 5.7.1, permanent         no
 //	404 "No valid recipients" (madmail)           550 5.1.1, permanent         no
 //	507 "quota" (madmail, all over quota)         452 4.2.2, temporary         no
-//	404/403 other text, 405, other 4xx, 3xx,      -                            yes
+//	200 with other words, other 2xx, 3xx, 403     -                            yes
+//	(madmail's "Forbidden" is also any web
+//	server's), 404 other text, 405, 413 other
+//	text (a web server's body limit), other 4xx,
 //	429, 500, 503, other 5xx, connection or TLS
 //	failure, timeout, a dropped connection
 //

@@ -27,10 +27,16 @@ func FuzzClassifyAnswer(f *testing.F) {
 	f.Add(413, []byte("552 Message exceeds maximum size"), 1)
 	f.Add(403, []byte("Encryption Needed: Invalid Unencrypted Mail"), 1)
 	f.Add(200, []byte("250 OK"), 1)
+	f.Add(200, []byte("<html>"), 1)
+	f.Add(413, []byte("<html>413</html>"), 1)
 	f.Fuzz(func(t *testing.T, status int, body []byte, n int) {
 		out, r := classifyAnswer(status, body, n)
 		if out == outFinal && (r.OK() || strings.ContainsAny(r.String(), "\r\n") || r.Enhanced[0] != r.String()[0]) {
 			t.Fatalf("final reply %q", r.String())
+		}
+		// Delivered only on a 200 in a receiver's words.
+		if out == outDelivered && (status != 200 || !r.OK()) {
+			t.Fatalf("%d %q taken as delivered", status, body)
 		}
 	})
 }
@@ -46,7 +52,12 @@ func FuzzReadResponse(f *testing.F) {
 			if code < 200 || code > 599 || len(lines) == 0 || len(lines) > maxReplyLines {
 				t.Fatalf("code %d, %d lines", code, len(lines))
 			}
-			_ = peerReply(lines)
+			// What goes back to Postfix must parse as a result there.
+			if r, err := peerReply(lines); err == nil {
+				if back, ok := parseReplyLine(r.String()); !ok || back.Code != r.Code || r.Code/100 == 3 {
+					t.Fatalf("reply %q passed on as %q", lines, r.String())
+				}
+			}
 		}
 	})
 }

@@ -176,6 +176,8 @@ type fakeSMTP struct {
 	final  string            // reply to the end of DATA; "" is 250
 	// dropAfterData closes the connection after reading the body.
 	dropAfterData bool
+	// dataReply, if set, answers DATA instead of 354 (no body follows).
+	dataReply string
 
 	mu   sync.Mutex
 	txns []smtpTxn
@@ -260,6 +262,13 @@ func (f *fakeSMTP) serve(c net.Conn) {
 			txn.rcpts = append(txn.rcpts, rc)
 			say("250 2.1.5 ok")
 		case "DATA":
+			f.mu.Lock()
+			dataReply := f.dataReply
+			f.mu.Unlock()
+			if dataReply != "" {
+				say(dataReply)
+				continue
+			}
 			say("354 go")
 			var b strings.Builder
 			for {

@@ -52,8 +52,15 @@ type Server struct {
 	// SpoolThreshold is the largest body held in memory; default 1 MiB.
 	SpoolThreshold int64
 	// MaxParallelDomains bounds the domains of one message delivered at
-	// the same time; default 16.
+	// the same time; default 50 (the milter's recipients per message), so
+	// that a message's slot at Postfix is held about one delivery time.
 	MaxParallelDomains int
+	// TransactionTimeout bounds the deliveries of one message: domains
+	// not done by then get a temporary failure, and Postfix retries only
+	// them. Default 10m; it must stay under Postfix's
+	// lmtp_data_done_timeout, else Postfix gives up on the whole
+	// transaction and sends the delivered recipients again too.
+	TransactionTimeout time.Duration
 
 	conns  connserve.Server
 	once   sync.Once
@@ -80,6 +87,7 @@ func (s *Server) init() {
 		}
 		defD(&s.IdleTimeout, 5*time.Minute)
 		defD(&s.DataTimeout, 10*time.Minute)
+		defD(&s.TransactionTimeout, 10*time.Minute)
 		if s.MaxMessageSize == 0 {
 			s.MaxMessageSize = 100 << 20
 		}
@@ -90,7 +98,7 @@ func (s *Server) init() {
 			s.SpoolThreshold = 1 << 20
 		}
 		if s.MaxParallelDomains == 0 {
-			s.MaxParallelDomains = 16
+			s.MaxParallelDomains = 50
 		}
 		if s.Hostname == "" {
 			s.Hostname = "localhost"
@@ -405,6 +413,12 @@ func (ss *session) data() bool {
 		}
 	}
 	for _, r := range replies {
+		if r.Code < 200 || r.Code > 599 {
+			// Postfix would skip an unparsable line and take the next
+			// recipient's reply for this one's.
+			s.Log.Error("lmtp: a delivery gave no valid reply", "code", r.Code)
+			r = replyLocalError
+		}
 		ss.reply(r.String())
 	}
 	return false
@@ -430,10 +444,22 @@ func (s *Server) deliverAll(env Envelope, body *Body) []Reply {
 		g.idx = append(g.idx, i)
 	}
 	out := make([]Reply, len(env.To))
+	ctx, cancel := context.WithTimeout(s.ctx, s.TransactionTimeout)
+	defer cancel()
 	sem := make(chan struct{}, s.MaxParallelDomains)
 	var wg sync.WaitGroup
-	for _, g := range groups {
-		sem <- struct{}{}
+start:
+	for gi, g := range groups {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			for _, g := range groups[gi:] {
+				for _, i := range g.idx {
+					out[i] = replyOutOfTime
+				}
+			}
+			break start
+		}
 		wg.Add(1)
 		go func() {
 			defer func() {
@@ -450,7 +476,7 @@ func (s *Server) deliverAll(env Envelope, body *Body) []Reply {
 			for _, i := range g.idx {
 				sub.To = append(sub.To, env.To[i])
 			}
-			rs := s.Deliverer.Deliver(s.ctx, g.domain, sub, body)
+			rs := s.Deliverer.Deliver(ctx, g.domain, sub, body)
 			for k, i := range g.idx {
 				if k < len(rs) {
 					out[i] = rs[k]

@@ -248,3 +248,43 @@ func TestLMTPEndToEnd(t *testing.T) {
 		t.Errorf("the failure was not logged:\n%s", out)
 	}
 }
+
+// stallDeliverer delivers every domain but stall.test at once; that one
+// until its context ends.
+type stallDeliverer struct{}
+
+func (stallDeliverer) Deliver(ctx context.Context, domain string, env Envelope, _ *Body) []Reply {
+	r := replyDelivered
+	if domain == "stall.test" {
+		<-ctx.Done()
+		r = replyUnreachable
+	}
+	return all(len(env.To), r)
+}
+
+// A message's deliveries end at TransactionTimeout: what is done is
+// acknowledged, the rest (running or not started) fails temporarily, and
+// Postfix gets every reply before its own lmtp_data_done_timeout, so it
+// never sends the delivered recipients again.
+func TestLMTPTransactionTimeout(t *testing.T) {
+	c := startLMTP(t, &Server{Deliverer: stallDeliverer{}, MaxParallelDomains: 1, TransactionTimeout: 300 * time.Millisecond})
+	cmd(t, c, 250, "LHLO postfix")
+	cmd(t, c, 250, "MAIL FROM:<alice@us.test>")
+	for _, rc := range []string{"a@fast.test", "b@stall.test", "c@later.test"} {
+		cmd(t, c, 250, "RCPT TO:<%s>", rc)
+	}
+	cmd(t, c, 354, "DATA")
+	start := time.Now()
+	c.W.WriteString(testBody + ".\r\n")
+	c.W.Flush()
+	expect(t, c, 250)
+	if msg := expect(t, c, 451); !strings.Contains(msg, "4.4.1") {
+		t.Errorf("the stalled domain: %q", msg)
+	}
+	if msg := expect(t, c, 451); !strings.Contains(msg, "4.4.7") {
+		t.Errorf("the domain never started: %q", msg)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("answered after %v", d)
+	}
+}

@@ -15,6 +15,7 @@ type Metrics struct {
 	Duration     *prometheus.HistogramVec
 	Size         prometheus.Histogram
 	SMTPOnly     prometheus.Gauge
+	Unreachable  prometheus.Gauge
 	Busy         prometheus.Counter
 	Sessions     prometheus.Gauge
 }
@@ -51,6 +52,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "chatmail_mxdeliv_smtp_only_hosts",
 			Help: "Mail servers remembered as SMTP-only (expired entries count until swept).",
 		}),
+		Unreachable: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "chatmail_mxdeliv_unreachable_addresses",
+			Help: "Mail server addresses (and ports) not dialed for a while after their connect timed out (expired entries count until swept).",
+		}),
 		Busy: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "chatmail_mxdeliv_destination_busy_total",
 			Help: "Deliveries deferred because their destination had no free slot.",
@@ -60,7 +65,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "LMTP connections from Postfix currently open.",
 		}),
 	}
-	reg.MustRegister(m.Recipients, m.PostAnswers, m.SMTPSessions, m.Duration, m.Size, m.SMTPOnly, m.Busy, m.Sessions)
+	reg.MustRegister(m.Recipients, m.PostAnswers, m.SMTPSessions, m.Duration, m.Size, m.SMTPOnly, m.Unreachable, m.Busy, m.Sessions)
 	for _, v := range Vias {
 		m.Duration.WithLabelValues(string(v))
 		for _, r := range results {
@@ -119,6 +124,12 @@ func (m *Metrics) smtpSession(err error) {
 func (m *Metrics) smtpOnlyHosts(n int) {
 	if m != nil {
 		m.SMTPOnly.Set(float64(n))
+	}
+}
+
+func (m *Metrics) unreachable(n int) {
+	if m != nil {
+		m.Unreachable.Set(float64(n))
 	}
 }
 

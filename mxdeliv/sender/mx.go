@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"golang.org/x/net/idna"
 )
 
 // Resolver is the part of *net.Resolver the sender uses; tests inject
@@ -40,6 +42,12 @@ func resolve(ctx context.Context, r Resolver, domain string) ([]target, *Reply) 
 			return nil, &replyNoDomain
 		}
 		return []target{{Host: ip.String(), Literal: true}}, nil
+	}
+	// An internationalized domain (SMTPUTF8 mail) is looked up, dialed
+	// and verified in its ASCII form (RFC 5891), as Postfix does.
+	domain, err := idna.Lookup.ToASCII(domain)
+	if err != nil {
+		return nil, &replyNoDomain
 	}
 	mxs, err := r.LookupMX(ctx, domain)
 	if err != nil && !notFound(err) {

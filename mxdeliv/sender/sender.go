@@ -63,8 +63,16 @@ type Config struct {
 	// destination before it fails temporarily; default 30s.
 	QueueTimeout time.Duration
 
-	// Dial connects; nil means a net.Dialer. Tests send every host to
-	// their own listeners with it.
+	// UnreachableTTL is how long an address whose connect timed out is
+	// not dialed again (the delivery fails temporarily at once); default
+	// 5m, which Postfix's first retry outlasts.
+	UnreachableTTL time.Duration
+	// UnreachableMax bounds the addresses remembered; default 10000.
+	UnreachableMax int
+
+	// Dial connects; nil means a net.Dialer that skips the addresses
+	// remembered as unreachable. Tests send every host to their own
+	// listeners with it.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Now is the clock of the SMTP-only memory; nil means time.Now.
 	Now func() time.Time
@@ -92,14 +100,13 @@ func (c *Config) setDefaults() {
 	defInt(&c.SMTPOnlyMax, 10000)
 	defInt(&c.DestinationConcurrency, 20)
 	def(&c.QueueTimeout, 30*time.Second)
+	def(&c.UnreachableTTL, 5*time.Minute)
+	defInt(&c.UnreachableMax, 10000)
 	if c.Resolver == nil {
 		c.Resolver = net.DefaultResolver
 	}
 	if c.Now == nil {
 		c.Now = time.Now
-	}
-	if c.Dial == nil {
-		c.Dial = (&net.Dialer{}).DialContext
 	}
 }
 
@@ -141,6 +148,10 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Sender, error) {
 		smtpOnly: newSMTPOnly(cfg.SMTPOnlyTTL, cfg.SMTPOnlyMax, cfg.Now),
 		dests:    destLimiter{n: cfg.DestinationConcurrency},
 	}
+	if s.cfg.Dial == nil {
+		down := newUnreachable(cfg.UnreachableTTL, cfg.UnreachableMax, cfg.Now)
+		s.cfg.Dial = down.dialer(func() { m.unreachable(down.len()) })
+	}
 	s.strict = s.httpClient(false)
 	s.insecure = s.httpClient(true)
 	return s, nil
@@ -162,6 +173,9 @@ func (s *Sender) httpClient(insecure bool) *http.Client {
 		MaxIdleConnsPerHost:   4,
 		MaxConnsPerHost:       s.cfg.DestinationConcurrency,
 		IdleConnTimeout:       90 * time.Second,
+		// The receivers answer a short line; a peer must not make a
+		// POST hold megabytes of header.
+		MaxResponseHeaderBytes: 16 << 10,
 	}
 	return &http.Client{
 		Transport:     tr,
@@ -234,9 +248,10 @@ func (s *Sender) deliver(ctx context.Context, domain string, env Envelope, body 
 			posted = true
 			out, r, err := s.post(ctx, t, insecure || t.Literal, env, body)
 			s.m.posted(out)
-			if out != outFallback {
+			if out == outDelivered || out == outFinal {
 				return all(n, r)
 			}
+			posted = out == outFallback
 			s.log.Debug("mxdeliv: POST unusable, trying SMTP", logging.Addr(t.Host), "cause", errKind(err))
 		}
 		serverName := t.Host

@@ -157,7 +157,7 @@ func TestPostFinalAnswers(t *testing.T) {
 		{"relay unknown user, one recipient", 400, "550 5.1.1 <b@a.test>: Recipient address rejected (forwarded from x)", []string{"b@a.test"}, 550, "5.1.1"},
 		{"relay too big", 413, "552 Message exceeds maximum size", []string{"b@a.test"}, 552, "5.0.0"},
 		{"madmail encryption needed", 403, "Encryption Needed: Invalid Unencrypted Mail", []string{"b@a.test"}, 523, "5.7.1"},
-		{"madmail forbidden", 403, "Forbidden", []string{"b@a.test"}, 550, "5.7.1"},
+		{"madmail too large", 413, "message too large", []string{"b@a.test"}, 552, "5.3.4"},
 		{"madmail no valid recipients", 404, "No valid recipients", []string{"b@a.test", "c@a.test"}, 550, "5.1.1"},
 		{"madmail quota", 507, "quota", []string{"b@a.test"}, 452, "4.2.2"},
 	} {
@@ -198,6 +198,10 @@ func TestPostFallbackToSMTP(t *testing.T) {
 		{"500", 500, "error"},
 		{"400 not SMTP", 400, "Missing X-Mail-To header"},
 		{"403 from a web server", 403, "<html>403 Forbidden</html>"},
+		{"403 Forbidden (madmail's federation policy, or any web server)", 403, "Forbidden"},
+		{"200 from a web server (a soft 404 page)", 200, "<html>Welcome</html>"},
+		{"204", 204, ""},
+		{"413 from a web server in front (nginx's body limit)", 413, "<html>\r\n<head><title>413 Request Entity Too Large</title></head>"},
 		{"400 one of several", 400, "550 5.1.1 <c@a.test>: Recipient address rejected: User unknown (forwarded from x)"},
 		{"down", 0, ""},
 	} {
@@ -252,6 +256,26 @@ func TestSMTPOnlyMemory(t *testing.T) {
 	}
 	if n := len(mta.transactions()); n != 3 {
 		t.Fatalf("%d SMTP transactions, want 3", n)
+	}
+}
+
+// A receiver's refusal of one recipient among several sends the message
+// over SMTP once, for answers per recipient; the host keeps its /mxdeliv
+// (else anyone could downgrade a peer by writing to one unknown address).
+func TestSplitKeepsMxdeliv(t *testing.T) {
+	e := newTestEnv(t)
+	rcv := e.receiver("mx1.a.test", 400, "550 5.1.1 <c@a.test>: Recipient address rejected: User unknown (forwarded from x)")
+	mta := e.smtp("mx1.a.test")
+	mta.reject["c@a.test"] = "550 5.1.1 no such user"
+	s := e.sender(nil)
+	wantCodes(t, deliver(s, "a.test", "b@a.test", "c@a.test"), 250, 550)
+	rcv.set(func() { rcv.status, rcv.text = 200, "250 OK" })
+	wantCodes(t, deliver(s, "a.test", "b@a.test"), 250)
+	if n := len(rcv.posts()); n != 2 {
+		t.Errorf("%d POSTs, want 2: the host was remembered as SMTP-only", n)
+	}
+	if n := len(mta.transactions()); n != 1 {
+		t.Errorf("%d SMTP transactions, want 1", n)
 	}
 }
 
@@ -450,4 +474,49 @@ func counter(t *testing.T, reg *prometheus.Registry, name string, values ...stri
 	}
 	t.Fatalf("no series %s%v", name, values)
 	return 0
+}
+
+// A peer's reply that is no result (a 3xx where a command ends, a 2xx to
+// DATA) makes the host unusable, not a reply: passed on, a 3xx line would
+// not parse at Postfix, which then shifts every later recipient's reply
+// onto the one before; a 250 to DATA acknowledges a body never sent. The
+// next mail server gets the message.
+func TestSMTPNoResultReplies(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		bad  func(*fakeSMTP)
+	}{
+		{"354 to RCPT", func(f *fakeSMTP) { f.reject["b@a.test"] = "354 go ahead" }},
+		{"250 to DATA", func(f *fakeSMTP) { f.dataReply = "250 2.0.0 fine" }},
+		{"354 at the end of DATA", func(f *fakeSMTP) { f.final = "354 more" }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			bad, good := e.smtp("mx1.a.test"), e.smtp("mx2.a.test")
+			tc.bad(bad)
+			rs := deliver(e.sender(nil), "a.test", "x@a.test", "b@a.test", "y@a.test")
+			wantCodes(t, rs, 250, 250, 250)
+			if n := len(good.transactions()); n != 1 {
+				t.Fatalf("the next mail server got %d transactions, want 1", n)
+			}
+			if got := good.transactions()[0].rcpts; !slices.Equal(got, []string{"x@a.test", "b@a.test", "y@a.test"}) {
+				t.Errorf("the next mail server got %q", got)
+			}
+		})
+	}
+}
+
+// An internationalized recipient domain is looked up and its mail server
+// verified in the ASCII form, and the message goes there: it is not
+// bounced as a domain that does not exist.
+func TestIDNDomain(t *testing.T) {
+	e := newTestEnv(t)
+	e.dns.mx["xn--bcher-kva.test"] = []*net.MX{{Host: "mx1.a.test.", Pref: 10}}
+	rcv := e.receiver("mx1.a.test", 200, "250 OK")
+	rs := deliver(e.sender(nil), "bücher.test", "leser@bücher.test")
+	wantCodes(t, rs, 250)
+	if ps := rcv.posts(); len(ps) != 1 || ps[0].to[0] != "leser@bücher.test" {
+		t.Errorf("posted %+v", ps)
+	}
+	wantCodes(t, deliver(e.sender(nil), "b\u00fccher\u0000.test", "x@b\u00fccher\u0000.test"), 550)
 }

@@ -62,9 +62,15 @@ func readResponse(r *bufio.Reader) (code int, lines []string, err error) {
 }
 
 // peerReply turns a peer's reply lines into the Reply we pass on: its code,
-// the enhanced code of the first line, and the texts joined.
-func peerReply(lines []string) Reply {
-	first, _ := parseReplyLine(lines[0])
+// the enhanced code of the first line, and the texts joined. A reply that
+// is no result (a 3xx where a command ends) is errProtocol: passed on, its
+// line would not parse at Postfix, which then takes the next recipient's
+// reply for this one's.
+func peerReply(lines []string) (Reply, error) {
+	first, ok := parseReplyLine(lines[0])
+	if !ok {
+		return Reply{}, errProtocol
+	}
 	var texts []string
 	for i, l := range lines {
 		t := ""
@@ -85,7 +91,7 @@ func peerReply(lines []string) Reply {
 		first.Text = "(no text)"
 	}
 	first.Via = ViaSMTP
-	return first
+	return first, nil
 }
 
 // smtpConn is one SMTP client session.
@@ -214,8 +220,12 @@ func (s *Sender) deliverSMTP(ctx context.Context, job smtpJob) ([]Reply, error) 
 		return nil, err
 	}
 	if code/100 != 2 {
+		r, err := peerReply(lines)
+		if err != nil {
+			return nil, err
+		}
 		c.quit()
-		return all(peerReply(lines)), nil
+		return all(r), nil
 	}
 	out := make([]Reply, len(job.rcpts))
 	var accepted []int
@@ -224,7 +234,9 @@ func (s *Sender) deliverSMTP(ctx context.Context, job smtpJob) ([]Reply, error) 
 		if err != nil {
 			return nil, err
 		}
-		out[i] = peerReply(lines)
+		if out[i], err = peerReply(lines); err != nil {
+			return nil, err
+		}
 		if code/100 == 2 {
 			accepted = append(accepted, i)
 		}
@@ -244,8 +256,14 @@ func (s *Sender) deliverSMTP(ctx context.Context, job smtpJob) ([]Reply, error) 
 		return nil, err
 	}
 	if code != 354 {
+		// Only a refusal ends the transaction here: a 2xx to DATA
+		// acknowledges nothing, the body has not been sent.
+		r, err := peerReply(lines)
+		if err != nil || r.OK() {
+			return nil, errProtocol
+		}
 		c.quit()
-		return setAccepted(peerReply(lines)), nil
+		return setAccepted(r), nil
 	}
 	_ = c.nc.SetDeadline(time.Now().Add(s.cfg.DataTimeout)) // a failed deadline shows up as the I/O error below
 	if _, err := io.Copy(c.w, job.body.Reader()); err != nil {
@@ -262,8 +280,12 @@ func (s *Sender) deliverSMTP(ctx context.Context, job smtpJob) ([]Reply, error) 
 	if err != nil {
 		return nil, err
 	}
+	r, err := peerReply(lines)
+	if err != nil {
+		return nil, err
+	}
 	c.quit()
-	return setAccepted(peerReply(lines)), nil
+	return setAccepted(r), nil
 }
 
 // quit ends the session politely; its answer changes nothing.
