@@ -45,7 +45,7 @@ import (
 //	insecure_tls_domains = []       # recipient domains whose certificates are not verified (test setups only)
 //	connect_timeout = "30s"         # a TCP connect and a TLS handshake
 //	http_timeout = "60s"            # one POST, body and answer
-//	delivery_timeout = "8m"         # one domain, every MX and both paths; under Postfix's lmtp_data_done_timeout
+//	delivery_timeout = "8m"         # one domain, every MX, both paths; at most 12m (Postfix's lmtp_data_done_timeout is 900s)
 //	smtp_only_ttl = "30m"           # a host whose POST failed and SMTP took the mail: SMTP only for this long; "0s" never
 //	destination_concurrency = 20    # deliveries in progress per recipient domain
 //
@@ -109,6 +109,11 @@ func Defaults() Config {
 		DestinationConcurrency: 20,
 	}
 }
+
+// maxDeliveryTimeout keeps a message's deliveries (a minute more, for the
+// domains that wait for a slot) under the lmtp_data_done_timeout (900s) of
+// master.cf's mxdeliv service: past it Postfix sends every recipient again.
+const maxDeliveryTimeout = 12 * time.Minute
 
 // maxRequestTimeout leaves a request in progress at SIGTERM room to be
 // answered within the drain (DrainTimeout less daemon.ExitMargin).
@@ -190,6 +195,9 @@ func (c *Config) validateSender() error {
 	}
 	if c.DeliveryTimeout.D() < c.HTTPTimeout.D() {
 		return &config.Error{Key: "delivery_timeout", Msg: "must be at least http_timeout"}
+	}
+	if c.DeliveryTimeout.D() > maxDeliveryTimeout {
+		return &config.Error{Key: "delivery_timeout", Msg: fmt.Sprintf("must be at most %v (under Postfix's lmtp_data_done_timeout of the mxdeliv service, 900s)", maxDeliveryTimeout)}
 	}
 	if c.SMTPOnlyTTL < 0 {
 		return &config.Error{Key: "smtp_only_ttl", Msg: "must not be negative (0: never SMTP only)"}

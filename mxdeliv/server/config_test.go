@@ -68,6 +68,7 @@ func TestSenderKeys(t *testing.T) {
 		"lmtp_listen = \"/run/l.sock\"\nhostname = \"mx.chat.example\"\nhttp_timeout = \"0s\"\n",
 		"lmtp_listen = \"/run/l.sock\"\nhostname = \"mx.chat.example\"\nhttp_timeout = \"10m\"\n",
 		"lmtp_listen = \"/run/l.sock\"\nhostname = \"mx.chat.example\"\ndestination_concurrency = 0\n",
+		"lmtp_listen = \"/run/l.sock\"\nhostname = \"mx.chat.example\"\ndelivery_timeout = \"13m\"\n",
 		"lmtp_listen = \"/run/l.sock\"\nhostname = \"mx.chat.example\"\ninsecure_tls_domains = [\"a@b\"]\n",
 	} {
 		c := Defaults()

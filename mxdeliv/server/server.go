@@ -140,6 +140,9 @@ func newSender(cfg *Config, env *daemon.Env) (*sender.Server, error) {
 		Metrics:   m,
 		Panics:    env.Panics,
 		SpoolDir:  cfg.SpoolDir,
+		// A minute for the domains that waited for a slot; Validate
+		// keeps it under Postfix's lmtp_data_done_timeout.
+		TransactionTimeout: cfg.DeliveryTimeout.D() + time.Minute,
 		// Postfix's message_size_limit is at most max_message_size.
 		MaxMessageSize: cfg.MaxMessageSize,
 	}, nil

@@ -2,51 +2,52 @@ package mailpolicy
 
 import (
 	"bytes"
-	"fmt"
+	"errors"
 	"strings"
 )
 
-// Apply returns msg with the header changes of an accepting verdict made
-// as Postfix makes a milter's: SMFIR_CHGHEADER edits the Index-th field of
-// that name (counted case-insensitively; an empty value deletes it),
-// SMFIR_ADDHEADER appends. Lines end in LF. It shows what is stored or
-// relayed; the check tool prints it.
+// Apply returns msg, the message an accepting verdict was given on, as
+// it is stored or relayed: the header section the header policy decided
+// (the fields kept, as written or with their new values, in their order,
+// then the fields of v.Add), then msg's body. Lines end in LF. It is
+// built from the policy's own decisions, never by finding fields of msg
+// by name again, so that no reader's way of matching names can change
+// what is delivered; the MTA, which makes v.Changes by name and index,
+// arrives at the same header (the tests check it). The /mxdeliv receiver
+// delivers what it returns.
 func Apply(msg []byte, v *Verdict) ([]byte, error) {
-	msg = bytes.ReplaceAll(msg, []byte("\r\n"), []byte("\n"))
-	head, body, _ := bytes.Cut(msg, []byte("\n\n"))
-	var fields []string
-	for _, l := range strings.Split(string(head), "\n") {
-		if (strings.HasPrefix(l, " ") || strings.HasPrefix(l, "\t")) && len(fields) > 0 {
-			fields[len(fields)-1] += "\n" + l
-			continue
-		}
-		fields = append(fields, l)
+	if !v.Reply.Accepted() || !v.decided {
+		return nil, errors.New("not an accepting verdict of a transaction")
 	}
-	for _, c := range v.Changes {
-		n := 0
-		for i, f := range fields {
-			name, _, _ := strings.Cut(f, ":")
-			if !strings.EqualFold(name, c.Name) {
-				continue
-			}
-			if n++; n != c.Index {
-				continue
-			}
-			if c.Value == "" {
-				fields = append(fields[:i], fields[i+1:]...)
-			} else {
-				fields[i] = name + ": " + c.Value
-			}
-			break
-		}
-		if n < c.Index {
-			return nil, fmt.Errorf("change of %s[%d]: no such field", c.Name, c.Index)
-		}
+	var b bytes.Buffer
+	b.Grow(len(msg))
+	for _, f := range v.delivered {
+		b.WriteString(f)
+		b.WriteByte('\n')
 	}
 	for _, f := range v.Add {
-		fields = append(fields, f.Name+": "+f.Value)
+		b.WriteString(f.Name + ": " + f.Value + "\n")
 	}
-	return []byte(strings.Join(fields, "\n") + "\n\n" + string(body)), nil
+	b.WriteByte('\n')
+	b.Write(bytes.ReplaceAll(body(msg), []byte("\r\n"), []byte("\n")))
+	return b.Bytes(), nil
+}
+
+// body returns what follows the header section of msg, found as Replay
+// finds it: after the first line that is empty but for CR and LF.
+func body(msg []byte) []byte {
+	for len(msg) > 0 {
+		i := bytes.IndexByte(msg, '\n')
+		if i < 0 {
+			return nil // no body
+		}
+		line := msg[:i]
+		msg = msg[i+1:]
+		if len(bytes.TrimRight(line, "\r")) == 0 {
+			return msg
+		}
+	}
+	return nil
 }
 
 // Readable counts the bytes of a message, as Apply returns it, that a
@@ -63,7 +64,7 @@ func Readable(msg []byte) int {
 			if inKey {
 				continue
 			}
-		case strings.HasPrefix(strings.ToLower(l), "autocrypt:"):
+		case len(l) >= len("autocrypt:") && asciiEqualFold(l[:len("autocrypt:")], "autocrypt:"):
 			before, _, found := strings.Cut(l, "keydata=")
 			l, inKey = before, found
 		default:

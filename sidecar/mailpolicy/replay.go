@@ -21,14 +21,18 @@ const ChunkSize = 64 << 10
 // with LF line endings is converted, as Postfix converts it.
 func Replay(ctx context.Context, t *Txn, r io.Reader) (*Verdict, error) {
 	br := bufio.NewReaderSize(r, ChunkSize)
-	var name, value string
+	var name string
+	// The value grows by a line at a time: a Builder, so that a field
+	// folded over many lines costs its length, not its length squared.
+	var value strings.Builder
 	var have bool
 	lines := 0
 	flush := func() {
 		if have {
-			t.Header(name, value)
+			t.Header(name, value.String())
 		}
 		have = false
+		value.Reset()
 	}
 	for {
 		line, err := br.ReadString('\n')
@@ -44,24 +48,26 @@ func Replay(ctx context.Context, t *Txn, r io.Reader) (*Verdict, error) {
 			if !have {
 				return nil, fmt.Errorf("header starts with a continuation line")
 			}
-			value += "\n" + l
-			if len(value) > maxHeader {
+			value.WriteByte('\n')
+			value.WriteString(l)
+			if value.Len() > maxHeader {
 				// Hand it over in pieces: the transaction counts every
 				// byte, keeps none past its limit and answers as the
 				// milter does.
 				flush()
-				value, have = "", true
+				have = true
 			}
 		} else {
 			flush()
 			n, v, ok := strings.Cut(l, ":")
 			// Space before the colon is allowed (RFC 5322 4.5.3 obsolete
-			// syntax, and Postfix takes it); Txn.Header trims it.
+			// syntax, and Postfix takes it); the header policy refuses it.
 			if !ok || strings.TrimRight(n, " \t") == "" || strings.ContainsAny(strings.TrimRight(n, " \t"), " \t") {
 				// The line's number, not its text: a header names people.
 				return nil, fmt.Errorf("malformed header line %d", lines)
 			}
-			name, value, have = n, v, true
+			name, have = n, true
+			value.WriteString(v)
 		}
 		if errors.Is(err, io.EOF) {
 			break

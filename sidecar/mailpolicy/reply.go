@@ -45,8 +45,15 @@ var (
 	ReplyUnaligned       = Reply{554, "5.7.1", "No valid DKIM signature found: signing domain not aligned with From"}
 	ReplyDKIMTempFail    = Reply{451, "4.7.5", "DKIM key lookup failed, try again later"}
 	ReplyHeaderTooLarge  = Reply{552, "5.3.4", "Header section too large"}
+	ReplyFoldedTooOften  = Reply{552, "5.3.4", "Header field folded over too many lines"}
 	ReplyInternal        = Reply{451, "4.3.0", "Internal error, try again later"}
 )
+
+// duplicateField is the reply for a message with two fields of the
+// allowlisted name (canonical, so never text of the sender's).
+func duplicateField(name string) Reply {
+	return Reply{554, "5.6.0", "Header field " + printable(name) + " must occur at most once"}
+}
 
 // rateLimited is the reply for a sender over its rate.
 func rateLimited(addr string) Reply {
