@@ -3,8 +3,10 @@ package receiver
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
+	"net"
 
 	"chatmail.dev/sidecar/mailpolicy"
 )
@@ -179,4 +181,19 @@ func readHeader(br *bufio.Reader) ([]byte, error) {
 			}
 		}
 	}
+}
+
+// readErrKind names the class of a ReadError for logs: its text names the
+// peer's address.
+func readErrKind(e *ReadError) string {
+	var ne net.Error
+	switch {
+	case errors.As(e.Err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.Is(e.Err, io.ErrUnexpectedEOF), errors.Is(e.Err, io.EOF):
+		return "closed"
+	case errors.Is(e.Err, context.Canceled), errors.Is(e.Err, context.DeadlineExceeded):
+		return "canceled"
+	}
+	return "other"
 }

@@ -24,13 +24,14 @@ const (
 
 // Body forms, the values of HeaderBody.
 const (
-	// FormSMTP is what filtermail sends, and the default: the SMTP DATA
+	// FormSMTP is what filtermail and our own sender send, and the
+	// default: the SMTP DATA
 	// bytes as Postfix handed them over, CRLF, dot-stuffed, without the
 	// final dot line (a final ".\r\n" at the very end is taken as that line
 	// and dropped).
 	FormSMTP = "smtp"
-	// FormRaw is the message as is (RFC 5322), not dot-stuffed: what our
-	// own sender sends, with this header.
+	// FormRaw is the message as is (RFC 5322), not dot-stuffed, for a
+	// sender that says so with this header.
 	FormRaw = "raw"
 )
 

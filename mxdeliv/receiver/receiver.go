@@ -57,6 +57,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/mail"
+	"net/netip"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -108,6 +109,7 @@ type Handler struct {
 	// MaxRecipients bounds the X-Mail-To fields of a request.
 	MaxRecipients int
 	// MaxConcurrent bounds the requests in progress; more are answered 503.
+	// One client address (not loopback) may hold a quarter of them.
 	MaxConcurrent int
 	// RequestTimeout bounds a request from its header to the answer:
 	// reading the body (a slow sender is cut off), the rules and LMTP.
@@ -124,11 +126,47 @@ type Handler struct {
 
 	once sync.Once
 	sem  chan struct{}
+
+	peersMu sync.Mutex
+	peers   map[netip.Addr]int // requests in progress per direct client
+}
+
+// perPeerShare is the part of MaxConcurrent one client address may hold:
+// with tls_listen, a client that opens requests and then trickles their
+// bodies would otherwise hold every slot until the request timeout.
+const perPeerShare = 4
+
+// enterPeer counts a request of the client at remoteAddr, or reports that
+// it has its share already. Requests through a web server on this host
+// (loopback, a unix socket) are not counted: that server buffers bodies.
+func (h *Handler) enterPeer(remoteAddr string) (leave func(), ok bool) {
+	ap, err := netip.ParseAddrPort(remoteAddr)
+	if err != nil || ap.Addr().Unmap().IsLoopback() {
+		return func() {}, true
+	}
+	a := ap.Addr().Unmap()
+	if a.Is6() {
+		a = netip.PrefixFrom(a, 64).Masked().Addr() // one host may own a /64
+	}
+	h.peersMu.Lock()
+	defer h.peersMu.Unlock()
+	if h.peers[a] >= max(h.MaxConcurrent/perPeerShare, 1) {
+		return nil, false
+	}
+	h.peers[a]++
+	return func() {
+		h.peersMu.Lock()
+		defer h.peersMu.Unlock()
+		if h.peers[a]--; h.peers[a] == 0 {
+			delete(h.peers, a)
+		}
+	}, true
 }
 
 func (h *Handler) init() {
 	h.once.Do(func() {
 		h.sem = make(chan struct{}, max(h.MaxConcurrent, 1))
+		h.peers = map[netip.Addr]int{}
 		if h.Log == nil {
 			h.Log = slog.New(slog.DiscardHandler)
 		}
@@ -166,6 +204,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.write(w, outcome{http.StatusMethodNotAllowed, ResultMethod, replyMethodAllowed})
 		return
 	}
+	leave, ok := h.enterPeer(r.RemoteAddr)
+	if !ok {
+		h.write(w, refusal(ResultBusy, ReplyBusy))
+		return
+	}
+	defer leave()
 	select {
 	case h.sem <- struct{}{}:
 		defer func() { <-h.sem }()
@@ -318,7 +362,8 @@ func (h *Handler) bodyFault(log *slog.Logger, err error) outcome {
 	case errors.As(err, &rerr):
 		// The sender went away or was too slow; it gets no answer, or a
 		// temporary one.
-		log.Info("cannot read the message", "err", err)
+		// Its error text names the peer's address: the kind only.
+		log.Info("cannot read the message", "cause", readErrKind(rerr))
 		return refusal(ResultReadError, ReplyReadFailed)
 	}
 	// mailpolicy.Replay's own: a header line it cannot parse.
@@ -354,7 +399,7 @@ func (h *Handler) checkRecipients(ctx context.Context, log *slog.Logger, rcpts [
 		return outcome{}, true
 	}
 	if h.Unknown != nil && !h.Unknown.Allow(from) {
-		log.Warn("unknown recipients: domain paced", "domain", from)
+		log.Warn("unknown recipients: sender domain paced", logging.Addr(from))
 		return refusal(ResultUnknownLimited, ReplyUnknownPaced), false
 	}
 	return refusal(ResultUnknownRcpt, ReplyUnknownUser), false
@@ -404,7 +449,7 @@ func (h *Handler) lmtp(ctx context.Context, log *slog.Logger, env Envelope, msg 
 		return refusal(ResultLMTPPartial, ReplyPartial)
 	}
 	ok, temp := 0, 0
-	var first *lmtp.Reply
+	var first, firstTemp *lmtp.Reply
 	for i, r := range replies {
 		switch {
 		case r.OK():
@@ -412,6 +457,9 @@ func (h *Handler) lmtp(ctx context.Context, log *slog.Logger, env Envelope, msg 
 			continue
 		case r.Temporary():
 			temp++
+			if firstTemp == nil {
+				firstTemp = r
+			}
 		}
 		if first == nil {
 			first = r
@@ -425,7 +473,10 @@ func (h *Handler) lmtp(ctx context.Context, log *slog.Logger, env Envelope, msg 
 	case ok == 0 && temp == 0:
 		return answer(http.StatusBadRequest, ResultLMTPRefused, asPolicyReply(first))
 	case ok == 0:
-		return refusal(ResultLMTPRefused, asPolicyReply(first)).tempAs(ResultLMTPRefused)
+		// A temporary failure decides over a permanent one (as at RCPT):
+		// else the sender bounces a recipient that would have been
+		// delivered later, with another recipient's reply.
+		return refusal(ResultLMTPRefused, asPolicyReply(firstTemp)).tempAs(ResultLMTPRefused)
 	}
 	log.Warn("lmtp delivered to some recipients only: asking the sender to send again", "delivered", ok)
 	return refusal(ResultLMTPPartial, ReplyPartial)

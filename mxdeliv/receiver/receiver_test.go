@@ -448,6 +448,19 @@ func TestLMTPMixed(t *testing.T) {
 	}
 }
 
+// TestLMTPTemporaryDecides: after DATA, one recipient refused for good
+// and one for now: the answer is the temporary one, so the sender bounces
+// no one and tries both again.
+func TestLMTPTemporaryDecides(t *testing.T) {
+	h := start(t, nil)
+	h.lmtp.data[bob] = "552 5.2.2 <bob@chat.example> Mailbox is full"
+	h.lmtp.data[dave] = "451 4.3.0 Temporary failure"
+	code, body := h.post(t, alice, []string{bob, dave}, h.sign(t, fixture(t, "enc-v4.eml")), false)
+	if code != 503 || body != "451 4.3.0 Temporary failure" {
+		t.Fatalf("%d %q, want 503 with the temporary reply", code, body)
+	}
+}
+
 // TestSlowSender: a sender that stops sending is cut off at the request
 // timeout, and nothing is delivered.
 func TestSlowSender(t *testing.T) {
@@ -470,6 +483,61 @@ func TestSlowSender(t *testing.T) {
 	}
 	if n := len(h.lmtp.delivered()); n != 0 {
 		t.Errorf("delivered %d", n)
+	}
+}
+
+// TestPeerShare: one client address (with tls_listen: anyone on the
+// Internet) that trickles its bodies holds at most a quarter of the
+// slots; another address still gets in, and so does a web server in
+// front on loopback.
+func TestPeerShare(t *testing.T) {
+	h := start(t, func(h *receiver.Handler) { h.MaxConcurrent = 8 })
+	var stalled []*io.PipeWriter
+	done := make(chan int, 3)
+	for range 2 {
+		pr, pw := io.Pipe()
+		stalled = append(stalled, pw)
+		req := httptest.NewRequest(http.MethodPost, "/mxdeliv", pr)
+		req.RemoteAddr = "192.0.2.7:40000"
+		req.Header.Set("X-Mail-To", bob)
+		go func() {
+			w := httptest.NewRecorder()
+			h.h.ServeHTTP(w, req)
+			done <- w.Code
+		}()
+	}
+	defer func() {
+		for _, pw := range stalled {
+			pw.CloseWithError(io.ErrUnexpectedEOF)
+		}
+		for range 2 {
+			<-done
+		}
+	}()
+	// The third request of that address is refused at once, once its
+	// first two have started.
+	try := func(remote string) int {
+		req := httptest.NewRequest(http.MethodPost, "/mxdeliv", bytes.NewReader(h.sign(t, fixture(t, "enc-v4.eml"))))
+		req.RemoteAddr = remote
+		req.Header.Set("X-Mail-From", alice)
+		req.Header.Set("X-Mail-To", bob)
+		req.Header.Set("X-Mail-Body", "raw")
+		w := httptest.NewRecorder()
+		h.h.ServeHTTP(w, req)
+		return w.Code
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for try("192.0.2.7:40001") != http.StatusServiceUnavailable {
+		if time.Now().After(deadline) {
+			t.Fatal("a third request of the same address was served")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code := try("[2001:db8::1]:5"); code != http.StatusOK {
+		t.Errorf("another address: %d", code)
+	}
+	if code := try("127.0.0.1:9"); code != http.StatusOK {
+		t.Errorf("loopback (a web server in front): %d", code)
 	}
 }
 
