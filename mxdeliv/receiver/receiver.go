@@ -108,9 +108,14 @@ type Handler struct {
 	MaxMessageSize int64
 	// MaxRecipients bounds the X-Mail-To fields of a request.
 	MaxRecipients int
-	// MaxConcurrent bounds the requests in progress; more are answered 503.
-	// One client address (not loopback) may hold a quarter of them.
+	// MaxConcurrent bounds the requests in progress; more wait up to
+	// SlotWait, then are answered 503. One client address (not loopback)
+	// may hold a quarter of them.
 	MaxConcurrent int
+	// SlotWait is how long a request waits for a slot; default 5s. A busy
+	// peer's burst queues briefly instead of falling back to SMTP (and
+	// remembering this server as SMTP-only for half an hour).
+	SlotWait time.Duration
 	// RequestTimeout bounds a request from its header to the answer:
 	// reading the body (a slow sender is cut off), the rules and LMTP.
 	RequestTimeout time.Duration
@@ -128,7 +133,13 @@ type Handler struct {
 	sem  chan struct{}
 
 	peersMu sync.Mutex
-	peers   map[netip.Addr]int // requests in progress per direct client
+	peers   map[netip.Addr]*peerSlots // per direct client
+}
+
+// peerSlots are one client address's share of the request slots.
+type peerSlots struct {
+	ch   chan struct{}
+	refs int
 }
 
 // perPeerShare is the part of MaxConcurrent one client address may hold:
@@ -136,10 +147,10 @@ type Handler struct {
 // bodies would otherwise hold every slot until the request timeout.
 const perPeerShare = 4
 
-// enterPeer counts a request of the client at remoteAddr, or reports that
-// it has its share already. Requests through a web server on this host
-// (loopback, a unix socket) are not counted: that server buffers bodies.
-func (h *Handler) enterPeer(remoteAddr string) (leave func(), ok bool) {
+// enterPeer waits up to SlotWait for a slot of the client at remoteAddr.
+// Requests through a web server on this host (loopback, a unix socket)
+// are not counted: that server buffers bodies.
+func (h *Handler) enterPeer(ctx context.Context, remoteAddr string) (leave func(), ok bool) {
 	ap, err := netip.ParseAddrPort(remoteAddr)
 	if err != nil || ap.Addr().Unmap().IsLoopback() {
 		return func() {}, true
@@ -149,24 +160,52 @@ func (h *Handler) enterPeer(remoteAddr string) (leave func(), ok bool) {
 		a = netip.PrefixFrom(a, 64).Masked().Addr() // one host may own a /64
 	}
 	h.peersMu.Lock()
-	defer h.peersMu.Unlock()
-	if h.peers[a] >= max(h.MaxConcurrent/perPeerShare, 1) {
-		return nil, false
+	p := h.peers[a]
+	if p == nil {
+		p = &peerSlots{ch: make(chan struct{}, max(h.MaxConcurrent/perPeerShare, 1))}
+		h.peers[a] = p
 	}
-	h.peers[a]++
-	return func() {
+	p.refs++
+	h.peersMu.Unlock()
+	unref := func() {
 		h.peersMu.Lock()
 		defer h.peersMu.Unlock()
-		if h.peers[a]--; h.peers[a] == 0 {
+		if p.refs--; p.refs == 0 {
 			delete(h.peers, a)
 		}
-	}, true
+	}
+	if !waitSlot(ctx, p.ch, h.SlotWait) {
+		unref()
+		return nil, false
+	}
+	return func() { <-p.ch; unref() }, true
+}
+
+// waitSlot takes a slot of sem, waiting up to wait.
+func waitSlot(ctx context.Context, sem chan struct{}, wait time.Duration) bool {
+	select {
+	case sem <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case sem <- struct{}{}:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
 }
 
 func (h *Handler) init() {
 	h.once.Do(func() {
 		h.sem = make(chan struct{}, max(h.MaxConcurrent, 1))
-		h.peers = map[netip.Addr]int{}
+		h.peers = map[netip.Addr]*peerSlots{}
+		if h.SlotWait == 0 {
+			h.SlotWait = 5 * time.Second
+		}
 		if h.Log == nil {
 			h.Log = slog.New(slog.DiscardHandler)
 		}
@@ -204,19 +243,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.write(w, outcome{http.StatusMethodNotAllowed, ResultMethod, replyMethodAllowed})
 		return
 	}
-	leave, ok := h.enterPeer(r.RemoteAddr)
+	leave, ok := h.enterPeer(r.Context(), r.RemoteAddr)
 	if !ok {
 		h.write(w, refusal(ResultBusy, ReplyBusy))
 		return
 	}
 	defer leave()
-	select {
-	case h.sem <- struct{}{}:
-		defer func() { <-h.sem }()
-	default:
+	if !waitSlot(r.Context(), h.sem, h.SlotWait) {
 		h.write(w, refusal(ResultBusy, ReplyBusy))
 		return
 	}
+	defer func() { <-h.sem }()
 	start := time.Now()
 	h.Metrics.Active.Inc()
 	defer h.Metrics.Active.Dec()

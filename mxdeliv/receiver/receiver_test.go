@@ -486,12 +486,31 @@ func TestSlowSender(t *testing.T) {
 	}
 }
 
+// TestBurstWaits: a burst over MaxConcurrent waits for slots instead of
+// being answered 503 (which sends a peer to SMTP for half an hour).
+func TestBurstWaits(t *testing.T) {
+	h := start(t, func(h *receiver.Handler) { h.MaxConcurrent = 1 })
+	msg := h.sign(t, fixture(t, "enc-v4.eml"))
+	codes := make(chan int, 4)
+	for range 4 {
+		go func() {
+			code, _ := h.post(t, alice, []string{bob}, msg, false)
+			codes <- code
+		}()
+	}
+	for range 4 {
+		if code := <-codes; code != http.StatusOK {
+			t.Errorf("a request of the burst: %d", code)
+		}
+	}
+}
+
 // TestPeerShare: one client address (with tls_listen: anyone on the
 // Internet) that trickles its bodies holds at most a quarter of the
-// slots; another address still gets in, and so does a web server in
-// front on loopback.
+// slots (more of its requests wait, then get 503); another address still
+// gets in, and so does a web server in front on loopback.
 func TestPeerShare(t *testing.T) {
-	h := start(t, func(h *receiver.Handler) { h.MaxConcurrent = 8 })
+	h := start(t, func(h *receiver.Handler) { h.MaxConcurrent = 8; h.SlotWait = 200 * time.Millisecond })
 	var stalled []*io.PipeWriter
 	done := make(chan int, 3)
 	for range 2 {
