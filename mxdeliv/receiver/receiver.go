@@ -110,7 +110,7 @@ type Handler struct {
 	MaxRecipients int
 	// MaxConcurrent bounds the requests in progress; more wait up to
 	// SlotWait, then are answered 503. One client address (not loopback)
-	// may hold a quarter of them.
+	// may hold half of them.
 	MaxConcurrent int
 	// SlotWait is how long a request waits for a slot; default 5s. A busy
 	// peer's burst queues briefly instead of falling back to SMTP (and
@@ -142,10 +142,11 @@ type peerSlots struct {
 	refs int
 }
 
-// perPeerShare is the part of MaxConcurrent one client address may hold:
-// with tls_listen, a client that opens requests and then trickles their
-// bodies would otherwise hold every slot until the request timeout.
-const perPeerShare = 4
+// perPeerShare: one client address may hold 1/perPeerShare of the slots.
+// With tls_listen, a client that opens requests and then trickles their
+// bodies would otherwise hold every slot until the request timeout; half
+// leaves a busy peer most of an idle server.
+const perPeerShare = 2
 
 // enterPeer waits up to SlotWait for a slot of the client at remoteAddr.
 // Requests through a web server on this host (loopback, a unix socket)

@@ -506,11 +506,11 @@ func TestBurstWaits(t *testing.T) {
 }
 
 // TestPeerShare: one client address (with tls_listen: anyone on the
-// Internet) that trickles its bodies holds at most a quarter of the
+// Internet) that trickles its bodies holds at most half of the
 // slots (more of its requests wait, then get 503); another address still
 // gets in, and so does a web server in front on loopback.
 func TestPeerShare(t *testing.T) {
-	h := start(t, func(h *receiver.Handler) { h.MaxConcurrent = 8; h.SlotWait = 200 * time.Millisecond })
+	h := start(t, func(h *receiver.Handler) { h.MaxConcurrent = 4; h.SlotWait = 200 * time.Millisecond })
 	var stalled []*io.PipeWriter
 	done := make(chan int, 3)
 	for range 2 {
