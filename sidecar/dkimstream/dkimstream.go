@@ -59,9 +59,16 @@ func LoadSignKey(domain, selector, path string) (*SignKey, error) {
 }
 
 // oversign lists fields signed once more than they occur, so that adding
-// one later breaks the signature (RFC 6376 8.15).
+// one later breaks the signature (RFC 6376 8.15). It holds every field on
+// mailpolicy's header allowlist (TestOversignAllowlist checks it), and
+// Reply-To, which the policy removes: such a field added after signing,
+// where there was none (an Auto-Submitted, a Secure-Join token) or as a
+// copy above the signed one, would otherwise pass verification and be
+// delivered.
 var oversign = []string{"From", "To", "Cc", "Subject", "Date", "Reply-To", "Message-ID",
-	"In-Reply-To", "References", "MIME-Version", "Content-Type", "Autocrypt", "Chat-Version", "Secure-Join"}
+	"In-Reply-To", "References", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
+	"Autocrypt", "Auto-Submitted", "Chat-Version", "Chat-Is-Post-Message", "Secure-Join",
+	"Secure-Join-Invitenumber", "Secure-Join-Auth", "Secure-Join-Group", "Secure-Join-Fingerprint"}
 
 // Signing is a signature in progress.
 type Signing struct {
