@@ -26,7 +26,7 @@
 //     key lookup that failed) 503 with its 4xx reply.
 //  5. The recipients' accounts: unknown and blocked ones are answered
 //     alike, 400 "550 5.1.1 Recipient address rejected: User unknown",
-//     at most at the pace UnknownLimiter allows per From domain. This
+//     at most at the pace UnknownLimiter allows per DKIM signer. This
 //     comes after the rules on purpose: a probe costs a DKIM-signed,
 //     encrypted message from a domain the prober controls, and a hit
 //     delivers it. The store down: 503.
@@ -122,7 +122,7 @@ type Handler struct {
 	// SpoolDir holds the bodies over 256 KiB until delivered, unlinked;
 	// "" is os.TempDir().
 	SpoolDir string
-	// Unknown paces unknown-recipient answers per From domain.
+	// Unknown paces unknown-recipient answers per DKIM signing domain.
 	Unknown *UnknownLimiter
 	Log     *slog.Logger
 	Metrics *Metrics
@@ -352,7 +352,13 @@ func (h *Handler) deliver(ctx context.Context, w http.ResponseWriter, r *http.Re
 		return refusal(ResultInternal, mailpolicy.ReplyInternal)
 	}
 
-	if o, ok := h.checkRecipients(ctx, log, env.To, fromDomain(hdr)); !ok {
+	// Paced by the signing domain: a relaxed-aligned signature lets its
+	// owner vary the From domain's subdomains, never the d=.
+	pacedBy := txn.DKIMSigner()
+	if pacedBy == "" {
+		pacedBy = fromDomain(hdr)
+	}
+	if o, ok := h.checkRecipients(ctx, log, env.To, pacedBy); !ok {
 		return o
 	}
 

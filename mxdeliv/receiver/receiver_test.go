@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -392,6 +393,25 @@ func TestUnknownPaced(t *testing.T) {
 	for _, rcpt := range []string{"nobody@chat.example", bob} {
 		if code, body := h.post(t, alice, []string{rcpt}, enc, false); code != 503 || body != receiver.ReplyUnknownPaced.String() {
 			t.Errorf("paced, to %s: %d %q", rcpt, code, body)
+		}
+	}
+}
+
+// TestUnknownPacedBySigner: the pace is the signing domain's, so a prober
+// that signs as other.example cannot get a fresh bucket per From
+// subdomain (relaxed alignment lets it use any).
+func TestUnknownPacedBySigner(t *testing.T) {
+	h := start(t, func(h *receiver.Handler) { h.Unknown = receiver.NewUnknownLimiter(2, 1) })
+	for i := range 4 {
+		from := fmt.Sprintf("x@p%d.other.example", i)
+		enc := h.sign(t, bytes.ReplaceAll(fixture(t, "enc-v4.eml"), []byte(alice), []byte(from)))
+		code, body := h.post(t, from, []string{"nobody@chat.example"}, enc, false)
+		want := receiver.ReplyUnknownUser.String()
+		if i >= 2 {
+			want = receiver.ReplyUnknownPaced.String()
+		}
+		if body != want {
+			t.Errorf("probe %d from %s: %d %q, want %q", i, from, code, body, want)
 		}
 	}
 }

@@ -9,8 +9,9 @@ import (
 
 // UnknownLimiter bounds how fast a sending domain learns that addresses
 // have no account here. Each answer "unknown recipient" takes a token of
-// the From domain's bucket (the domain is DKIM-verified by then, so it
-// cannot be spread over forged names). With the bucket empty, every
+// the bucket of the message's DKIM signer (the d= of the aligned signature
+// that passed: it cannot be spread over forged names, nor over the From
+// subdomains relaxed alignment allows). With the bucket empty, every
 // request from that domain is answered "try again later" before any
 // recipient is looked up, for one refill period, so that neither answer
 // tells anything; the sender falls back to SMTP, which answers no faster

@@ -153,6 +153,8 @@ type Verifying struct {
 	done   chan struct{}
 	res    []*dkim.Verification
 	err    error
+
+	signer string // the d= of the aligned signature that passed
 }
 
 // Verify starts verifying a message; the caller writes the header section
@@ -230,8 +232,14 @@ func (v *Verifying) Result(ctx context.Context, fromDomain string) (Outcome, err
 	if err != nil && !errors.Is(err, dkim.ErrTooManySignatures) {
 		return TempFail, fmt.Errorf("dkim verify: %w", err)
 	}
-	return classify(res, fromDomain), nil
+	out, signer := classify(res, fromDomain)
+	v.signer = signer
+	return out, nil
 }
+
+// Signer is, after Result said Pass, the domain (d=) of the aligned
+// signature that passed, lower-case: the From domain or a parent of it.
+func (v *Verifying) Signer() string { return v.signer }
 
 // Abort ends an unfinished verification.
 func (v *Verifying) Abort() {
@@ -244,15 +252,15 @@ func (v *Verifying) Abort() {
 
 var errAborted = errors.New("message aborted")
 
-func classify(res []*dkim.Verification, fromDomain string) Outcome {
+func classify(res []*dkim.Verification, fromDomain string) (Outcome, string) {
 	if len(res) == 0 {
-		return Unsigned
+		return Unsigned, ""
 	}
 	out := Invalid
 	for _, r := range res {
 		switch {
 		case r.Err == nil && Aligned(r.Domain, fromDomain):
-			return Pass
+			return Pass, strings.TrimSuffix(strings.ToLower(r.Domain), ".")
 		case r.Err == nil:
 			if out == Invalid {
 				out = Unaligned
@@ -261,7 +269,7 @@ func classify(res []*dkim.Verification, fromDomain string) Outcome {
 			out = TempFail
 		}
 	}
-	return out
+	return out, ""
 }
 
 // Aligned reports whether a signature by domain d vouches for a From

@@ -260,8 +260,10 @@ type Txn struct {
 	judge  *pgpmime.Judge
 	report *bounce.Judge // set for what may be a bounce
 	verify *dkimstream.Verifying
-	sign   *dkimstream.Signing
-	err    error // internal failure while streaming
+	// dkimSigner is the d= of the aligned signature that passed.
+	dkimSigner string
+	sign       *dkimstream.Signing
+	err        error // internal failure while streaming
 }
 
 // Begin starts a transaction. auth is the SASL login ({auth_authen}), ""
@@ -640,6 +642,11 @@ func (t *Txn) bounce() bool {
 	return err == nil
 }
 
+// DKIMSigner is, once the message passed the DKIM check, the domain (d=)
+// of its aligned signature, lower-case: the From domain or a parent of
+// it, which the signer owns. "" before, or without a check.
+func (t *Txn) DKIMSigner() string { return t.dkimSigner }
+
 // checkDKIM requires an aligned valid signature; nil means it passed.
 func (t *Txn) checkDKIM(ctx context.Context) *Verdict {
 	if t.dkimCount == 0 {
@@ -652,6 +659,7 @@ func (t *Txn) checkDKIM(ctx context.Context) *Verdict {
 		return t.final(ReasonInternal, ReplyInternal)
 	}
 	out, err := t.verify.Result(ctx, domainOf(t.from))
+	t.dkimSigner = t.verify.Signer()
 	t.verify = nil
 	if err != nil {
 		t.log.Warn("dkim verification failed", "err", err)
