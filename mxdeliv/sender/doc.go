@@ -74,7 +74,10 @@
 //
 // DNS: a null MX (RFC 7505) is 556 5.1.10, a domain that does not exist
 // (neither MX nor address records) 550 5.1.2, both permanent; any other
-// DNS failure is 451 4.4.3.
+// DNS failure is 451 4.4.3. An internationalized domain is looked up in
+// its ASCII form. An address literal of a loopback, private, link-local or
+// other special network is refused (550 5.1.2): a local user must not make
+// this host POST into its own network, certificates unchecked.
 //
 // # Bounds
 //

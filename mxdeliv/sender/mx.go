@@ -41,6 +41,12 @@ func resolve(ctx context.Context, r Resolver, domain string) ([]target, *Reply) 
 		if !ok {
 			return nil, &replyNoDomain
 		}
+		if !ip.IsGlobalUnicast() || ip.IsPrivate() {
+			// A local user must not make this host POST (with any
+			// certificate accepted, there is no name) to its own
+			// network and read the first line of the answer in a bounce.
+			return nil, &replyLiteralRefused
+		}
 		return []target{{Host: ip.String(), Literal: true}}, nil
 	}
 	// An internationalized domain (SMTPUTF8 mail) is looked up, dialed

@@ -133,6 +133,7 @@ var (
 	replyNoUTF8         = newReply(553, "5.6.7", "The receiving server does not support internationalized addresses", ViaNone)
 	replyShuttingDown   = newReply(421, "4.3.2", "Service shutting down, try again later", ViaNone)
 	replyLocalError     = newReply(451, "4.3.0", "Local error in processing, try again later", ViaNone)
+	replyLiteralRefused = newReply(550, "5.1.2", "Address literals of private or special networks are not delivered to", ViaNone)
 	replyOutOfTime      = newReply(451, "4.4.7", "The delivery time of this message ran out, try again later", ViaNone)
 	replyInterruptedTLS = newReply(451, "4.7.5", "No mail server of the recipient domain offered usable TLS, try again later", ViaNone)
 )

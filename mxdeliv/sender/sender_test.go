@@ -331,6 +331,13 @@ func TestDNSAnswers(t *testing.T) {
 	if rep != nil || len(ts) != 1 || ts[0].Host != "192.0.2.7" || !ts[0].Literal {
 		t.Errorf("literal: %+v %v", ts, rep)
 	}
+	// Never this host's own networks: loopback, private, link-local (a
+	// cloud's metadata service), unspecified, multicast.
+	for _, lit := range []string{"[127.0.0.1]", "[10.0.0.5]", "[169.254.169.254]", "[0.0.0.0]", "[IPv6:::1]", "[IPv6:fd00::1]", "[IPv6:fe80::1]", "[224.0.0.1]"} {
+		if r := deliver(s, lit, "b@"+lit); r[0].Code != 550 || r[0].Enhanced != "5.1.2" {
+			t.Errorf("%s: %q", lit, r[0])
+		}
+	}
 }
 
 // Nothing is acknowledged before a peer acknowledged: a receiver that
