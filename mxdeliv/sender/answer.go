@@ -21,10 +21,15 @@ const (
 	// recipients; SMTP to the same host gives each its own answer, and
 	// the host keeps its /mxdeliv (it is not remembered as SMTP-only).
 	outSplit outcome = "split"
+	// outBusy: a receiver we understand is busy for now (503 or 429 with
+	// a temporary SMTP reply); SMTP takes this message, and the host
+	// keeps its /mxdeliv: one busy moment must not send it half an hour
+	// of mail over SMTP.
+	outBusy outcome = "busy"
 )
 
 // outcomes lists them for pre-created metrics.
-var outcomes = []outcome{outDelivered, outFinal, outFallback, outSplit}
+var outcomes = []outcome{outDelivered, outFinal, outFallback, outSplit, outBusy}
 
 // maxAnswerBody bounds what is read of an answer's body: the receivers
 // answer one short line.
@@ -80,6 +85,11 @@ func classifyAnswer(status int, body []byte, nrcpt int) (outcome, Reply) {
 		return outFallback, Reply{}
 	case status == 403 && strings.HasPrefix(text, "Encryption Needed"):
 		return outFinal, via(replyEncryption)
+	case status == 503 || status == 429:
+		if r, ok := parseReplyLine(text); ok && r.Temporary() {
+			return outBusy, Reply{}
+		}
+		return outFallback, Reply{}
 	case status == 404 && text == "No valid recipients":
 		return outFinal, via(replyNoValidRcpts)
 	case status == 507 && text == "quota":

@@ -51,6 +51,8 @@
 //	   which rejects for one recipient what SMTP answers per recipient;
 //	   the host is not remembered as SMTP-only)
 //	400 "4xx text", message-level                 that reply, temporary        no
+//	503/429 "4xx text" (a busy receiver)          -                            yes, once
+//	   (the host is not remembered as SMTP-only)
 //	400 text that is not an SMTP reply            -                            yes
 //	413 "552 …" (relay), "message too large"      552 5.3.4 (or its 5xx text)  no
 //	   (madmail)

@@ -32,7 +32,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"via", "result"}),
 		PostAnswers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "chatmail_mxdeliv_post_answers_total",
-			Help: "POSTs to /mxdeliv by outcome: delivered, final (a rejection not retried over SMTP), fallback (SMTP tried).",
+			Help: "POSTs to /mxdeliv by outcome: delivered, final (a rejection not retried over SMTP), fallback (SMTP tried), split and busy (SMTP tried once, /mxdeliv kept).",
 		}, []string{"outcome"}),
 		SMTPSessions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "chatmail_mxdeliv_smtp_sessions_total",

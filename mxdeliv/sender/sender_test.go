@@ -259,23 +259,36 @@ func TestSMTPOnlyMemory(t *testing.T) {
 	}
 }
 
-// A receiver's refusal of one recipient among several sends the message
-// over SMTP once, for answers per recipient; the host keeps its /mxdeliv
-// (else anyone could downgrade a peer by writing to one unknown address).
-func TestSplitKeepsMxdeliv(t *testing.T) {
-	e := newTestEnv(t)
-	rcv := e.receiver("mx1.a.test", 400, "550 5.1.1 <c@a.test>: Recipient address rejected: User unknown (forwarded from x)")
-	mta := e.smtp("mx1.a.test")
-	mta.reject["c@a.test"] = "550 5.1.1 no such user"
-	s := e.sender(nil)
-	wantCodes(t, deliver(s, "a.test", "b@a.test", "c@a.test"), 250, 550)
-	rcv.set(func() { rcv.status, rcv.text = 200, "250 OK" })
-	wantCodes(t, deliver(s, "a.test", "b@a.test"), 250)
-	if n := len(rcv.posts()); n != 2 {
-		t.Errorf("%d POSTs, want 2: the host was remembered as SMTP-only", n)
-	}
-	if n := len(mta.transactions()); n != 1 {
-		t.Errorf("%d SMTP transactions, want 1", n)
+// A receiver's refusal of one recipient among several, or its "busy,
+// try later", sends the message over SMTP once (per-recipient answers, or
+// no wait); the host keeps its /mxdeliv: else anyone could downgrade a
+// peer by writing to one unknown address, and one busy moment would send
+// it half an hour of mail over SMTP.
+func TestFallbackOnceKeepsMxdeliv(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		status int
+		text   string
+	}{
+		{"one recipient of several refused", 400, "550 5.1.1 <c@a.test>: Recipient address rejected: User unknown (forwarded from x)"},
+		{"busy", 503, "451 4.3.2 Too many deliveries in progress, try again later"},
+		{"slow down", 429, "451 4.7.1 Too many unknown recipients, try again later"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			rcv := e.receiver("mx1.a.test", tc.status, tc.text)
+			mta := e.smtp("mx1.a.test")
+			s := e.sender(nil)
+			wantCodes(t, deliver(s, "a.test", "b@a.test", "c@a.test"), 250, 250)
+			rcv.set(func() { rcv.status, rcv.text = 200, "250 OK" })
+			wantCodes(t, deliver(s, "a.test", "b@a.test"), 250)
+			if n := len(rcv.posts()); n != 2 {
+				t.Errorf("%d POSTs, want 2: the host was remembered as SMTP-only", n)
+			}
+			if n := len(mta.transactions()); n != 1 {
+				t.Errorf("%d SMTP transactions, want 1", n)
+			}
+		})
 	}
 }
 
