@@ -10,6 +10,9 @@
 // smtp-load is a steady load for a fixed time, counted per second, with a
 // process stopped for part of it (smtpLoad says what it prints).
 // turn-alloc makes TURN allocations (turnAlloc says what it prints).
+// fed-load sends mail from users of one stack to accounts of another and
+// times each message from its acceptance to its file in the Maildir
+// (fedLoad says what it prints); fed-check checks a run's Maildirs again.
 //
 //	chatmail-bench dict -socket PATH -user ADDR [-kind userdb|passdb -pass PW] [-n N] [-c CONC]
 //	chatmail-bench imap -addr HOST:PORT -user ADDR -pass PW [-n N] [-c CONC]
@@ -19,6 +22,9 @@
 //	chatmail-bench turn-cred -secret-file PATH -expiry UNIXTIME    (prints "username password")
 //	chatmail-bench smtp-load -addr HOST:PORT -from ADDR -user ADDR -msg FILE [-dkim-key PEM -dkim-selector S] [-maildir DIR]
 //	        [-c CONC] [-rate SESSIONS/S] [-duration D] [-stop-pid PID -stop-at D -stop-for D] [-per-second FILE]
+//	chatmail-bench fed-load -addr HOST:PORT [-ca PEM -server-name NAME] -from ADDR[,ADDR...] -pass PW -to ADDR[,ADDR...] -mailboxes DIR -msg FILE
+//	        [-c CONC] [-inflight K] [-duration D] [-warmup D] [-timeout D] [-netns LABEL=NETNS,...] [-markers FILE] [-top N]
+//	chatmail-bench fed-check -markers FILE
 package main
 
 import (
@@ -47,10 +53,10 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: chatmail-bench dict|imap|smtp|smtp-load|noop-milter|turn-alloc|turn-cred [flags]")
+		fmt.Fprintln(os.Stderr, "usage: chatmail-bench dict|imap|smtp|smtp-load|noop-milter|turn-alloc|turn-cred|fed-load|fed-check [flags]")
 		os.Exit(2)
 	}
-	if f, ok := map[string]func([]string) error{"smtp-load": smtpLoad, "turn-cred": turnCred, "turn-alloc": turnAlloc}[os.Args[1]]; ok {
+	if f, ok := map[string]func([]string) error{"smtp-load": smtpLoad, "turn-cred": turnCred, "turn-alloc": turnAlloc, "fed-load": fedLoad, "fed-check": fedCheck}[os.Args[1]]; ok {
 		if err := f(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
