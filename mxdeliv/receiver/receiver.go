@@ -69,6 +69,7 @@ import (
 	"chatmail.dev/sidecar/connserve"
 	"chatmail.dev/sidecar/logging"
 	"chatmail.dev/sidecar/mailpolicy"
+	"golang.org/x/net/publicsuffix"
 )
 
 // Replies of the receiver's own.
@@ -244,6 +245,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.write(w, outcome{http.StatusMethodNotAllowed, ResultMethod, replyMethodAllowed})
 		return
 	}
+	// The request's time runs from here, its waits for a slot included:
+	// the answer must come before the sender's own timeout, or it sends
+	// the message again over SMTP.
+	start := time.Now()
 	leave, ok := h.enterPeer(r.Context(), r.RemoteAddr)
 	if !ok {
 		h.write(w, refusal(ResultBusy, ReplyBusy))
@@ -255,7 +260,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer func() { <-h.sem }()
-	start := time.Now()
 	h.Metrics.Active.Inc()
 	defer h.Metrics.Active.Dec()
 	written := false
@@ -279,7 +283,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(start.Add(h.RequestTimeout))                  // unsupported only by test recorders
 	_ = rc.SetWriteDeadline(start.Add(h.RequestTimeout + 5*time.Second)) // likewise
-	ctx, cancel := context.WithTimeout(r.Context(), h.RequestTimeout)
+	ctx, cancel := context.WithDeadline(r.Context(), start.Add(h.RequestTimeout))
 	defer cancel()
 	o := h.deliver(ctx, w, r)
 	written = true
@@ -352,11 +356,15 @@ func (h *Handler) deliver(ctx context.Context, w http.ResponseWriter, r *http.Re
 		return refusal(ResultInternal, mailpolicy.ReplyInternal)
 	}
 
-	// Paced by the signing domain: a relaxed-aligned signature lets its
-	// owner vary the From domain's subdomains, never the d=.
+	// Paced by the registered domain of the signer: a relaxed-aligned
+	// signature lets its owner vary the From domain's subdomains, and a
+	// wildcard key record the d='s, never the domain it registered.
 	pacedBy := txn.DKIMSigner()
 	if pacedBy == "" {
 		pacedBy = fromDomain(hdr)
+	}
+	if reg, err := publicsuffix.EffectiveTLDPlusOne(pacedBy); err == nil {
+		pacedBy = reg
 	}
 	if o, ok := h.checkRecipients(ctx, log, env.To, pacedBy); !ok {
 		return o

@@ -235,8 +235,14 @@ func fixture(t *testing.T, name string) []byte {
 // sign DKIM-signs msg as other.example, as the sending server does.
 func (h *harness) sign(t *testing.T, msg []byte) []byte {
 	t.Helper()
+	return h.signAs(t, "other.example", msg)
+}
+
+// signAs DKIM-signs msg as domain d with the harness's key.
+func (h *harness) signAs(t *testing.T, d string, msg []byte) []byte {
+	t.Helper()
 	var b bytes.Buffer
-	opts := &dkim.SignOptions{Domain: "other.example", Selector: "s1", Signer: h.key,
+	opts := &dkim.SignOptions{Domain: d, Selector: "s1", Signer: h.key,
 		HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed}
 	if err := dkim.Sign(&b, bytes.NewReader(msg), opts); err != nil {
 		t.Fatal(err)
@@ -402,9 +408,20 @@ func TestUnknownPaced(t *testing.T) {
 // subdomain (relaxed alignment lets it use any).
 func TestUnknownPacedBySigner(t *testing.T) {
 	h := start(t, func(h *receiver.Handler) { h.Unknown = receiver.NewUnknownLimiter(2, 1) })
+	keys := dkimstream.Map{"s1._domainkey.other.example": "v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(h.key.Public().(ed25519.PublicKey))}
 	for i := range 4 {
+		keys[fmt.Sprintf("s1._domainkey.p%d.other.example", i)] = keys["s1._domainkey.other.example"] // a wildcard record
+	}
+	h.h.Engine.SetLookup(keys)
+	for i := range 4 {
+		// Subdomains of From (relaxed alignment), then of the signer too
+		// (a wildcard key record): one registered domain, one pace.
 		from := fmt.Sprintf("x@p%d.other.example", i)
-		enc := h.sign(t, bytes.ReplaceAll(fixture(t, "enc-v4.eml"), []byte(alice), []byte(from)))
+		signer := "other.example"
+		if i%2 == 1 {
+			signer = fmt.Sprintf("p%d.other.example", i)
+		}
+		enc := h.signAs(t, signer, bytes.ReplaceAll(fixture(t, "enc-v4.eml"), []byte(alice), []byte(from)))
 		code, body := h.post(t, from, []string{"nobody@chat.example"}, enc, false)
 		want := receiver.ReplyUnknownUser.String()
 		if i >= 2 {

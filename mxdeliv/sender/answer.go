@@ -82,7 +82,9 @@ func classifyAnswer(status int, body []byte, nrcpt int) (outcome, Reply) {
 		if text == "message too large" {
 			return outFinal, via(replyTooBig)
 		}
-		return outFallback, Reply{}
+		// SMTP for this message only: one big message must not make the
+		// host SMTP-only for everyone's.
+		return outBusy, Reply{}
 	case status == 403 && strings.HasPrefix(text, "Encryption Needed"):
 		return outFinal, via(replyEncryption)
 	case status == 503 || status == 429:
@@ -102,13 +104,13 @@ func classifyAnswer(status int, body []byte, nrcpt int) (outcome, Reply) {
 	return outFallback, Reply{}
 }
 
-// acknowledgement reports whether the first line of a 200 answer is one a
-// receiver gives on success: the reference relay's "250 OK" (or its
-// Postfix's 2xx reply), madmail's "OK" or its empty body.
+// acknowledgement reports whether the first line of a 200 answer is an
+// SMTP 2xx reply, as the reference relay and ours answer ("250 OK"). Not
+// madmail's "OK" or empty body: any web server says as much (Caddy answers
+// every unrouted path 200 with nothing), and taking that for a delivery
+// loses the mail; a madmail peer gets it over SMTP instead (a second copy
+// at worst, which Delta Chat drops by Message-ID).
 func acknowledgement(text string) bool {
-	if text == "" || text == "OK" {
-		return true
-	}
 	r, ok := parseReplyLine(text)
 	return ok && r.OK()
 }

@@ -42,7 +42,7 @@
 // and madmail 0.47, and what a recipient gets:
 //
 //	answer                                        result                      SMTP tried
-//	200 "250 OK" (or a 2xx reply), "OK", empty   250 2.0.0 delivered          no
+//	200 "250 OK" (or another SMTP 2xx reply)      250 2.0.0 delivered          no
 //	400 "5xx text", message-level                 that reply, permanent        no
 //	   (523 Encryption Needed, 554 5.7.1 DKIM, 500 Invalid DATA, 552)
 //	400 "5xx text", recipient-level, 1 recipient  that reply, permanent        no
@@ -59,10 +59,12 @@
 //	403 "Encryption Needed: …" (madmail)          523 5.7.1, permanent         no
 //	404 "No valid recipients" (madmail)           550 5.1.1, permanent         no
 //	507 "quota" (madmail, all over quota)         452 4.2.2, temporary         no
-//	200 with other words, other 2xx, 3xx, 403     -                            yes
+//	413 other text (a web server's body limit)    -                            yes, once
+//	200 with other words (madmail's "OK" or       -                            yes
+//	empty body: any web server says as much),
+//	other 2xx, 3xx, 403
 //	(madmail's "Forbidden" is also any web
-//	server's), 404 other text, 405, 413 other
-//	text (a web server's body limit), other 4xx,
+//	server's), 404 other text, 405, other 4xx,
 //	429, 500, 503, other 5xx, connection or TLS
 //	failure, timeout, a dropped connection
 //

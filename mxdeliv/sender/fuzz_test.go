@@ -34,8 +34,8 @@ func FuzzClassifyAnswer(f *testing.F) {
 		if out == outFinal && (r.OK() || strings.ContainsAny(r.String(), "\r\n") || r.Enhanced[0] != r.String()[0]) {
 			t.Fatalf("final reply %q", r.String())
 		}
-		// Delivered only on a 200 in a receiver's words.
-		if out == outDelivered && (status != 200 || !r.OK()) {
+		// Delivered only on a 200 with an SMTP 2xx reply.
+		if r2, ok := parseReplyLine(strings.TrimSpace(strings.SplitN(string(body), "\n", 2)[0])); out == outDelivered && (status != 200 || !r.OK() || !ok || !r2.OK()) {
 			t.Fatalf("%d %q taken as delivered", status, body)
 		}
 	})

@@ -434,7 +434,7 @@ func (s *Server) deliverAll(env Envelope, body *Body) []Reply {
 	var groups []*group
 	byDomain := map[string]*group{}
 	for i, rc := range env.To {
-		d := strings.ToLower(strings.TrimSuffix(rc[strings.LastIndexByte(rc, '@')+1:], "."))
+		d := lowerASCII(strings.TrimSuffix(rc[strings.LastIndexByte(rc, '@')+1:], "."))
 		g := byDomain[d]
 		if g == nil {
 			g = &group{domain: d}

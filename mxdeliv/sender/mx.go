@@ -41,7 +41,7 @@ func resolve(ctx context.Context, r Resolver, domain string) ([]target, *Reply) 
 		if !ok {
 			return nil, &replyNoDomain
 		}
-		if !ip.IsGlobalUnicast() || ip.IsPrivate() {
+		if special(ip) {
 			// A local user must not make this host POST (with any
 			// certificate accepted, there is no name) to its own
 			// network and read the first line of the answer in a bounce.
@@ -49,10 +49,13 @@ func resolve(ctx context.Context, r Resolver, domain string) ([]target, *Reply) 
 		}
 		return []target{{Host: ip.String(), Literal: true}}, nil
 	}
-	// An internationalized domain (SMTPUTF8 mail) is looked up, dialed
-	// and verified in its ASCII form (RFC 5891), as Postfix does.
-	domain, err := idna.Lookup.ToASCII(domain)
-	if err != nil {
+	domain, ok := asciiDomain(domain)
+	if !ok {
+		return nil, &replyNoDomain
+	}
+	if _, err := netip.ParseAddr(domain); err == nil {
+		// An IP address without brackets is no domain (the resolver
+		// would answer it without asking, as an implicit MX).
 		return nil, &replyNoDomain
 	}
 	mxs, err := r.LookupMX(ctx, domain)
@@ -80,6 +83,9 @@ func resolve(ctx context.Context, r Resolver, domain string) ([]target, *Reply) 
 	var ts []target
 	for _, mx := range mxs {
 		h := strings.ToLower(strings.TrimSuffix(mx.Host, "."))
+		if _, err := netip.ParseAddr(h); err == nil {
+			continue // an MX must name a host, not an address (RFC 5321 5.1; Postfix too)
+		}
 		if h == "" || slices.ContainsFunc(ts, func(t target) bool { return t.Host == h }) {
 			continue
 		}
@@ -114,4 +120,62 @@ func parseLiteral(d string) (netip.Addr, bool) {
 		return netip.Addr{}, false
 	}
 	return ip, true
+}
+
+// lenientIDNA maps a Unicode domain to its ASCII form as UTS 46 does for
+// lookups, without the STD3 and hyphen rules that an ASCII name of the
+// DNS need not follow.
+var lenientIDNA = idna.New(idna.MapForLookup(), idna.Transitional(false), idna.StrictDomainName(false), idna.CheckHyphens(false))
+
+// asciiDomain returns the form of domain that is looked up, dialed and
+// verified: an ASCII domain as it is, an internationalized one (SMTPUTF8
+// mail) in its A-label form (RFC 5891), as Postfix does.
+func asciiDomain(domain string) (string, bool) {
+	for i := 0; i < len(domain); i++ {
+		if domain[i] >= 0x80 {
+			a, err := lenientIDNA.ToASCII(domain)
+			return lowerASCII(a), err == nil && a != ""
+		}
+	}
+	return domain, true
+}
+
+// specialNets are the address blocks of IANA's special-purpose registries
+// and those of clouds' internal services that no mail server of another
+// domain uses: loopback, private, shared (CGNAT), link-local, documentation
+// excepted (tests use it), benchmarking, reserved, and the IPv6 ones that
+// embed or translate IPv4 addresses, which could reach any of these.
+var specialNets = func() []netip.Prefix {
+	var ps []netip.Prefix
+	for _, s := range []string{
+		"0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+		"172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/3",
+		"::/96", "::1/128", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64",
+		"2001::/23", "2002::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+	} {
+		ps = append(ps, netip.MustParsePrefix(s))
+	}
+	return ps
+}()
+
+// special reports an address of specialNets.
+func special(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	if ip.IsUnspecified() || ip.IsLoopback() || ip.IsMulticast() || ip.IsLinkLocalUnicast() || ip.IsPrivate() {
+		return true
+	}
+	return slices.ContainsFunc(specialNets, func(p netip.Prefix) bool { return p.Contains(ip) })
+}
+
+// lowerASCII lower-cases the ASCII letters of a domain only: Unicode case
+// mapping before UTS 46's own would change some names (ẞ to ß, where UTS
+// 46 maps it to ss).
+func lowerASCII(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }

@@ -63,8 +63,8 @@ type Config struct {
 	// destination before it fails temporarily; default 30s.
 	QueueTimeout time.Duration
 
-	// UnreachableTTL is how long an address whose connect timed out is
-	// not dialed again (the delivery fails temporarily at once); default
+	// UnreachableTTL is how long an address whose connect timed out (in
+	// at least a fifth of ConnectTimeout) is not dialed again (the delivery fails temporarily at once); default
 	// 5m, which Postfix's first retry outlasts.
 	UnreachableTTL time.Duration
 	// UnreachableMax bounds the addresses remembered; default 10000.
@@ -150,7 +150,9 @@ func New(cfg Config, log *slog.Logger, m *Metrics) (*Sender, error) {
 	}
 	if s.cfg.Dial == nil {
 		down := newUnreachable(cfg.UnreachableTTL, cfg.UnreachableMax, cfg.Now)
-		s.cfg.Dial = down.dialer(func() { m.unreachable(down.len()) })
+		// A fifth of the connect timeout (6 s by default) is time enough
+		// for any reachable host; less proves nothing.
+		s.cfg.Dial = down.dialer(s.cfg.Resolver.LookupHost, s.cfg.ConnectTimeout/5, func() { m.unreachable(down.len()) })
 	}
 	s.strict = s.httpClient(false)
 	s.insecure = s.httpClient(true)
@@ -201,7 +203,7 @@ func (s *Sender) dial(ctx context.Context, network, addr string) (net.Conn, erro
 // after a peer acknowledged the message for that recipient.
 func (s *Sender) Deliver(ctx context.Context, domain string, env Envelope, body *Body) []Reply {
 	start := time.Now()
-	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	domain = lowerASCII(strings.TrimSuffix(domain, "."))
 	replies := s.deliver(ctx, domain, env, body)
 	s.m.delivered(replies, time.Since(start))
 	for i, r := range replies {

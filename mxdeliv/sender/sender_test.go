@@ -200,6 +200,8 @@ func TestPostFallbackToSMTP(t *testing.T) {
 		{"403 from a web server", 403, "<html>403 Forbidden</html>"},
 		{"403 Forbidden (madmail's federation policy, or any web server)", 403, "Forbidden"},
 		{"200 from a web server (a soft 404 page)", 200, "<html>Welcome</html>"},
+		{"200 empty (Caddy's unrouted path, or madmail)", 200, ""},
+		{"200 OK (madmail, or any web server)", 200, "OK"},
 		{"204", 204, ""},
 		{"413 from a web server in front (nginx's body limit)", 413, "<html>\r\n<head><title>413 Request Entity Too Large</title></head>"},
 		{"400 one of several", 400, "550 5.1.1 <c@a.test>: Recipient address rejected: User unknown (forwarded from x)"},
@@ -273,6 +275,7 @@ func TestFallbackOnceKeepsMxdeliv(t *testing.T) {
 		{"one recipient of several refused", 400, "550 5.1.1 <c@a.test>: Recipient address rejected: User unknown (forwarded from x)"},
 		{"busy", 503, "451 4.3.2 Too many deliveries in progress, try again later"},
 		{"slow down", 429, "451 4.7.1 Too many unknown recipients, try again later"},
+		{"a web server's body limit in front", 413, "<html><title>413 Request Entity Too Large</title>"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newTestEnv(t)
@@ -346,7 +349,8 @@ func TestDNSAnswers(t *testing.T) {
 	}
 	// Never this host's own networks: loopback, private, link-local (a
 	// cloud's metadata service), unspecified, multicast.
-	for _, lit := range []string{"[127.0.0.1]", "[10.0.0.5]", "[169.254.169.254]", "[0.0.0.0]", "[IPv6:::1]", "[IPv6:fd00::1]", "[IPv6:fe80::1]", "[224.0.0.1]"} {
+	for _, lit := range []string{"[127.0.0.1]", "[10.0.0.5]", "[169.254.169.254]", "[0.0.0.0]", "[IPv6:::1]", "[IPv6:fd00::1]", "[IPv6:fe80::1]", "[224.0.0.1]",
+		"[100.100.100.200]", "[192.0.0.192]", "[198.18.0.1]", "[240.0.0.1]", "[0.1.2.3]", "[IPv6:64:ff9b::a00:5]", "[IPv6:::127.0.0.1]", "[IPv6:2002:a00:5::1]", "[IPv6:fec0::1]"} {
 		if r := deliver(s, lit, "b@"+lit); r[0].Code != 550 || r[0].Enhanced != "5.1.2" {
 			t.Errorf("%s: %q", lit, r[0])
 		}
@@ -526,6 +530,29 @@ func TestSMTPNoResultReplies(t *testing.T) {
 	}
 }
 
+// An IP address is no domain, and an MX record that names an address
+// instead of a host is skipped (as Postfix does): neither reaches the
+// resolver's shortcut to loopback or a cloud's metadata service.
+func TestNumericNames(t *testing.T) {
+	e := newTestEnv(t)
+	e.dns.mx["numeric.test"] = []*net.MX{{Host: "10.0.0.5.", Pref: 5}, {Host: "mx1.a.test.", Pref: 10}}
+	rcv := e.receiver("mx1.a.test", 200, "250 OK")
+	s := e.sender(nil)
+	for _, d := range []string{"169.254.169.254", "127.0.0.1", "::1"} {
+		if r := deliver(s, d, "b@"+d); r[0].Code != 550 {
+			t.Errorf("%s: %q", d, r[0])
+		}
+	}
+	ts, rep := resolve(context.Background(), e.dns, "numeric.test")
+	if rep != nil || len(ts) != 1 || ts[0].Host != "mx1.a.test" {
+		t.Errorf("numeric MX: %+v %v", ts, rep)
+	}
+	wantCodes(t, deliver(s, "numeric.test", "b@numeric.test"), 250)
+	if len(rcv.posts()) != 1 {
+		t.Error("not delivered to the named MX")
+	}
+}
+
 // An internationalized recipient domain is looked up and its mail server
 // verified in the ASCII form, and the message goes there: it is not
 // bounced as a domain that does not exist.
@@ -539,4 +566,11 @@ func TestIDNDomain(t *testing.T) {
 		t.Errorf("posted %+v", ps)
 	}
 	wantCodes(t, deliver(e.sender(nil), "b\u00fccher\u0000.test", "x@b\u00fccher\u0000.test"), 550)
+	// ASCII names are looked up as they are, whatever the IDNA rules
+	// say of them; Unicode ones map as UTS 46 alone maps them.
+	for in, want := range map[string]string{"my_host.example": "my_host.example", "ab--cd.example": "ab--cd.example", "STRA\u1E9EE.test": "strasse.test", "B\u00dcCHER.test": "xn--bcher-kva.test"} {
+		if got, ok := asciiDomain(lowerASCII(in)); !ok || got != want {
+			t.Errorf("%q: %q %v, want %q", in, got, ok, want)
+		}
+	}
 }

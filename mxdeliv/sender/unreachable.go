@@ -3,10 +3,11 @@ package sender
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -15,9 +16,12 @@ import (
 // writes to many domains whose MX points at an address that drops
 // packets holds Postfix's slots of all outgoing mail for the connect
 // timeouts of every domain, message after message; with it that costs one
-// timeout per address. The key is the IP address and port (an IPv6
-// address by its /64, which one host may own whole): a server that drops
-// port 443 can still take mail on 25.
+// timeout per address. The key is the IP address and port: a server that
+// drops port 443 can still take mail on 25. Only an address whose own
+// attempt had minBudget and timed out is remembered, so that no one can
+// get a healthy third party's address remembered by leaving our dial
+// little time (a delivery's deadline about to pass, a slow DNS answer,
+// black holes listed before it).
 type unreachable struct {
 	ttl time.Duration
 	max int
@@ -35,11 +39,7 @@ func newUnreachable(ttl time.Duration, max int, now func() time.Time) *unreachab
 var errRecentlyUnreachable = errors.New("connect timed out recently")
 
 func unreachableKey(ap netip.AddrPort) netip.AddrPort {
-	a := ap.Addr().Unmap()
-	if a.Is6() {
-		a = netip.PrefixFrom(a, 64).Masked().Addr()
-	}
-	return netip.AddrPortFrom(a, ap.Port())
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 func (u *unreachable) has(ap netip.AddrPort) bool {
@@ -74,40 +74,69 @@ func (u *unreachable) len() int {
 	return len(u.m)
 }
 
-// dialer returns a dial function that skips remembered addresses and
-// remembers the ones tried when the connect as a whole timed out. The
-// addresses of a name are tried one after the other (no Happy Eyeballs
-// race), so the ones tried are the ones that failed.
-func (u *unreachable) dialer(marked func()) func(ctx context.Context, network, addr string) (net.Conn, error) {
+// dialer returns a dial function that looks host names up with lookup,
+// tries their addresses one after the other, each with an equal share of
+// the time left, skips remembered ones and remembers those whose own
+// attempt of at least minBudget timed out.
+func (u *unreachable) dialer(lookup func(ctx context.Context, host string) ([]string, error), minBudget time.Duration, marked func()) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var mu sync.Mutex
-		var tried []netip.AddrPort
-		d := net.Dialer{
-			FallbackDelay: -1,
-			ControlContext: func(_ context.Context, _, address string, _ syscall.RawConn) error {
-				ap, err := netip.ParseAddrPort(address)
-				if err != nil {
-					return nil
-				}
-				if u.has(ap) {
-					return errRecentlyUnreachable
-				}
-				mu.Lock()
-				tried = append(tried, ap)
-				mu.Unlock()
-				return nil
-			},
+		host, portText, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
 		}
-		c, err := d.DialContext(ctx, network, addr)
-		var ne net.Error
-		if err != nil && errors.As(err, &ne) && ne.Timeout() && !errors.Is(err, context.Canceled) {
-			mu.Lock()
-			for _, ap := range tried {
-				u.mark(ap)
+		port, err := strconv.ParseUint(portText, 10, 16)
+		if err != nil {
+			return nil, fmt.Errorf("port %q: %w", portText, err)
+		}
+		names := []string{host}
+		if _, err := netip.ParseAddr(host); err != nil {
+			if names, err = lookup(ctx, host); err != nil {
+				return nil, err
 			}
-			mu.Unlock()
-			marked()
 		}
-		return c, err
+		var ips []netip.Addr
+		for _, n := range names {
+			if ip, err := netip.ParseAddr(n); err == nil {
+				ips = append(ips, ip.Unmap())
+			}
+		}
+		if len(ips) == 0 {
+			return nil, &net.OpError{Op: "dial", Net: network, Err: errors.New("no address")}
+		}
+		var d net.Dialer
+		var firstErr error
+		for i, ip := range ips {
+			ap := netip.AddrPortFrom(ip, uint16(port))
+			if u.has(ap) {
+				if firstErr == nil {
+					firstErr = &net.OpError{Op: "dial", Net: network, Addr: net.TCPAddrFromAddrPort(ap), Err: errRecentlyUnreachable}
+				}
+				continue
+			}
+			budget := time.Duration(1 << 62)
+			if dl, ok := ctx.Deadline(); ok {
+				budget = time.Until(dl) / time.Duration(len(ips)-i)
+			}
+			actx, cancel := context.WithTimeout(ctx, budget)
+			c, err := d.DialContext(actx, network, ap.String())
+			cancel()
+			if err == nil {
+				return c, nil
+			}
+			// The attempt's own time counts, whoever's deadline ended
+			// it; a cancellation (shutdown) proves nothing.
+			var ne net.Error
+			if !errors.Is(ctx.Err(), context.Canceled) && budget >= minBudget && errors.As(err, &ne) && ne.Timeout() {
+				u.mark(ap)
+				marked()
+			}
+			if firstErr == nil {
+				firstErr = err
+			}
+			if ctx.Err() != nil {
+				break
+			}
+		}
+		return nil, firstErr
 	}
 }
