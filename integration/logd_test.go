@@ -664,16 +664,10 @@ func deliveredIDs(t *testing.T, s *stack.Stack, ld *mailLoad) map[string]int {
 	ld.mu.Unlock()
 	found := map[string]int{}
 	for r := range rcpts {
-		for _, f := range serverMail(t, s, r) {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			header, _, _ := bytes.Cut(b, []byte("\r\n\r\n"))
-			if m := messageIDField.FindSubmatch(header); m != nil {
-				found[string(m[1])]++
-				found[string(m[1])+" "+r]++
-			}
+		ids, _ := serverMessageIDs(t, s, r)
+		for _, id := range ids {
+			found[id]++
+			found[id+" "+r]++
 		}
 	}
 	return found

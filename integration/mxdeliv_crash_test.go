@@ -396,18 +396,12 @@ func (ld *postLoad) wantDeliveredOnce(t *testing.T, s *stack.Stack) {
 	}
 	copies := map[string]int{} // Message-ID + " " + recipient
 	for r := range rcpts {
-		for _, f := range serverMail(t, s, r) {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			header, _, _ := bytes.Cut(b, []byte("\r\n\r\n"))
-			m := messageIDField.FindSubmatch(header)
-			if m == nil {
-				t.Errorf("%s has no Message-ID", f)
-				continue
-			}
-			copies[string(m[1])+" "+r]++
+		ids, without := serverMessageIDs(t, s, r)
+		for _, id := range ids {
+			copies[id+" "+r]++
+		}
+		for _, f := range without {
+			t.Errorf("%s has no Message-ID", f)
 		}
 	}
 	lost, dup := 0, 0
