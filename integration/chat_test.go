@@ -385,33 +385,41 @@ func TestChatGroup(t *testing.T) {
 	wantServerBlind(t, s, users, []string{alice.DisplayName, bob.DisplayName, carol.DisplayName, groupName, text, reply})
 }
 
-// TestChatAttachment: a 1 MB file arrives intact and encrypted.
-func TestChatAttachment(t *testing.T) {
-	s := shared
-	alice, bob, aliceChat, bobChat := meet(t, s)
-
-	content := make([]byte, 1<<20)
+// sendFile sends a random 1 MB file named prefix-RANDOM.bin with a text
+// saying what from from (in its chat fromChat) to to (in toChat), and
+// checks that it arrives intact; it returns the text, the file's name and
+// its content.
+func sendFile(t *testing.T, from *chatter, fromChat uint32, to *chatter, toChat uint32, prefix, what string) (text, fileName string, content []byte) {
+	t.Helper()
+	content = make([]byte, 1<<20)
 	rand.Read(content)
 	path := filepath.Join(t.TempDir(), "upload.bin")
 	if err := os.WriteFile(path, content, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	fileName := "holiday-" + rand.Text()[:6] + ".bin"
-	text := secret("the file you asked for")
-	send(t, alice, aliceChat, deltachat.MessageData{Text: text, File: path, FileName: fileName, ViewType: "File"})
-	msg := receive(t, bob, alice, bobChat, text)
-
+	fileName = prefix + "-" + rand.Text()[:6] + ".bin"
+	text = secret(what)
+	send(t, from, fromChat, deltachat.MessageData{Text: text, File: path, FileName: fileName, ViewType: "File"})
+	msg := receive(t, to, from, toChat, text)
 	got, err := os.ReadFile(msg.File)
 	if err != nil {
-		t.Fatalf("Bob's copy of the file: %v", err)
+		t.Fatalf("%s's copy of the file: %v", to.DisplayName, err)
 	}
 	if len(got) != len(content) || sha256.Sum256(got) != sha256.Sum256(content) {
-		t.Errorf("Bob got %d bytes with SHA-256 %x, want %d bytes with %x",
-			len(got), sha256.Sum256(got), len(content), sha256.Sum256(content))
+		t.Errorf("%s got %d bytes with SHA-256 %x, want %d bytes with %x",
+			to.DisplayName, len(got), sha256.Sum256(got), len(content), sha256.Sum256(content))
 	}
 	if msg.FileName != fileName || msg.FileBytes != uint64(len(content)) {
-		t.Errorf("Bob sees the file as %q, %d bytes; want %q, %d bytes", msg.FileName, msg.FileBytes, fileName, len(content))
+		t.Errorf("%s sees the file as %q, %d bytes; want %q, %d bytes", to.DisplayName, msg.FileName, msg.FileBytes, fileName, len(content))
 	}
+	return text, fileName, content
+}
+
+// TestChatAttachment: a 1 MB file arrives intact and encrypted.
+func TestChatAttachment(t *testing.T) {
+	s := shared
+	alice, bob, aliceChat, bobChat := meet(t, s)
+	text, fileName, content := sendFile(t, alice, aliceChat, bob, bobChat, "holiday", "the file you asked for")
 	// A leaked attachment would show up as its base64 body.
 	leak := base64.StdEncoding.EncodeToString(content[:48])
 	wantServerBlind(t, s, []*chatter{alice, bob}, []string{text, fileName, leak})

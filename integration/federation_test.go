@@ -2,8 +2,6 @@ package integration
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -49,24 +47,7 @@ func TestFederation(t *testing.T) {
 	send(t, bob, bobChat, deltachat.MessageData{Text: reply})
 	receive(t, alice, bob, aliceChat, reply)
 
-	content := make([]byte, 1<<20)
-	rand.Read(content)
-	path := filepath.Join(t.TempDir(), "upload.bin")
-	if err := os.WriteFile(path, content, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	fileName := "across-" + rand.Text()[:6] + ".bin"
-	text := secret("a file from A")
-	send(t, alice, aliceChat, deltachat.MessageData{Text: text, File: path, FileName: fileName, ViewType: "File"})
-	msg := receive(t, bob, alice, bobChat, text)
-	got, err := os.ReadFile(msg.File)
-	if err != nil {
-		t.Fatalf("Bob's copy of the file: %v", err)
-	}
-	if sha256.Sum256(got) != sha256.Sum256(content) || msg.FileName != fileName {
-		t.Errorf("Bob got %q, %d bytes with SHA-256 %x; want %q, %d bytes with %x",
-			msg.FileName, len(got), sha256.Sum256(got), fileName, len(content), sha256.Sum256(content))
-	}
+	text, fileName, _ := sendFile(t, alice, aliceChat, bob, bobChat, "across", "a file from A")
 	wantServerBlind(t, b, []*chatter{bob}, []string{hello, text, fileName})
 	wantServerBlind(t, a, []*chatter{alice}, []string{reply})
 
@@ -151,23 +132,7 @@ func TestFederationSMTPFallback(t *testing.T) {
 	send(t, alice, aliceChat, deltachat.MessageData{Text: hello})
 	receive(t, bob, alice, bobChat, hello)
 
-	content := make([]byte, 1<<20)
-	rand.Read(content)
-	path := filepath.Join(t.TempDir(), "upload.bin")
-	if err := os.WriteFile(path, content, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	fileName := "fallback-" + rand.Text()[:6] + ".bin"
-	text := secret("a file from A, over SMTP")
-	send(t, alice, aliceChat, deltachat.MessageData{Text: text, File: path, FileName: fileName, ViewType: "File"})
-	msg := receive(t, bob, alice, bobChat, text)
-	got, err := os.ReadFile(msg.File)
-	if err != nil {
-		t.Fatalf("Bob's copy of the file: %v", err)
-	}
-	if sha256.Sum256(got) != sha256.Sum256(content) || msg.FileName != fileName {
-		t.Errorf("Bob got %q, %d bytes; want %q, %d bytes", msg.FileName, len(got), fileName, len(content))
-	}
+	text, fileName, _ := sendFile(t, alice, aliceChat, bob, bobChat, "fallback", "a file from A, over SMTP")
 	after := nsMetrics(t, a, "MXDELIV_METRICS", "chatmail_mxdeliv_")
 	if d := after[viaSMTP] - before[viaSMTP]; d < 2 {
 		t.Errorf("A's sender delivered %v recipients over SMTP while B's /mxdeliv was down, want 2 or more", d)
