@@ -278,25 +278,6 @@ func serverMail(t *testing.T, s *stack.Stack, addr string) []string {
 	return files
 }
 
-// serverMessageIDs returns the Message-ID of each message in addr's
-// Maildir, and the files that have none.
-func serverMessageIDs(t *testing.T, s *stack.Stack, addr string) (ids, without []string) {
-	t.Helper()
-	for _, f := range serverMail(t, s, addr) {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		header, _, _ := bytes.Cut(b, []byte("\r\n\r\n"))
-		if m := messageIDField.FindSubmatch(header); m != nil {
-			ids = append(ids, string(m[1]))
-		} else {
-			without = append(without, f)
-		}
-	}
-	return ids, without
-}
-
 // wantServerBlind checks that every message the server holds for users is
 // PGP ciphertext and that none contains any of secrets.
 func wantServerBlind(t *testing.T, s *stack.Stack, users []*chatter, secrets []string) {

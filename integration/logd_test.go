@@ -664,7 +664,7 @@ func deliveredIDs(t *testing.T, s *stack.Stack, ld *mailLoad) map[string]int {
 	ld.mu.Unlock()
 	found := map[string]int{}
 	for r := range rcpts {
-		ids, _ := serverMessageIDs(t, s, r)
+		ids, _ := messageIDs(t, s, r)
 		for _, id := range ids {
 			found[id]++
 			found[id+" "+r]++

@@ -396,7 +396,7 @@ func (ld *postLoad) wantDeliveredOnce(t *testing.T, s *stack.Stack) {
 	}
 	copies := map[string]int{} // Message-ID + " " + recipient
 	for r := range rcpts {
-		ids, without := serverMessageIDs(t, s, r)
+		ids, without := messageIDs(t, s, r)
 		for _, id := range ids {
 			copies[id+" "+r]++
 		}

@@ -166,7 +166,7 @@ func TestNoLogWholeServer(t *testing.T) {
 	}
 	msgIDs := []string{refusedID}
 	for _, u := range quiet {
-		ids := messageIDs(t, s, u.Addr)
+		ids, _ := messageIDs(t, s, u.Addr)
 		if len(ids) == 0 {
 			t.Fatalf("no mail on the server for %s", u.Addr)
 		}
@@ -344,10 +344,10 @@ func stackFiles(t *testing.T, s *stack.Stack) []string {
 
 var messageIDField = regexp.MustCompile(`(?im)^Message-ID:[ \t]*<([^>\r\n]+)>`)
 
-// messageIDs returns the Message-IDs of the mail the server holds for addr.
-func messageIDs(t *testing.T, s *stack.Stack, addr string) []string {
+// messageIDs returns the Message-IDs of the mail the server holds for
+// addr, and the files that have none.
+func messageIDs(t *testing.T, s *stack.Stack, addr string) (ids, without []string) {
 	t.Helper()
-	var ids []string
 	for _, f := range serverMail(t, s, addr) {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -356,9 +356,11 @@ func messageIDs(t *testing.T, s *stack.Stack, addr string) []string {
 		header, _, _ := bytes.Cut(b, []byte("\r\n\r\n"))
 		if m := messageIDField.FindSubmatch(header); m != nil {
 			ids = append(ids, string(m[1]))
+		} else {
+			without = append(without, f)
 		}
 	}
-	return ids
+	return ids, without
 }
 
 // expungeAll deletes every message of every mailbox of addr over IMAP.
